@@ -1,0 +1,129 @@
+"""Admin command line: `python -m chalicelib.cli <command>`.
+
+Reads CHITTY_DATABASE_URL like the server does. Tokens are printed once, on the last line,
+so scripts can take them with `tail -n 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from collections.abc import Sequence
+
+from chalicelib import auth, migrate
+from chalicelib.config import ConfigError, get_settings
+from chalicelib.db import SQL_DIR, Database, DatabaseUnavailable, load_queries
+
+# Admin commands may run long (a first migration, a full rollup): a generous socket timeout.
+CLI_DB_TIMEOUT = 300.0
+
+
+def _database() -> Database:
+    return Database(
+        url=get_settings().require_database_url(),
+        timeout=CLI_DB_TIMEOUT,
+        queries=load_queries(SQL_DIR / "queries"),
+    )
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    db = _database()
+    conn = db.connect()
+    try:
+        applied = migrate.apply(conn)
+    finally:
+        conn.close()
+    if applied:
+        for migration in applied:
+            print(f"applied {migration.file_name}")
+    else:
+        print("database is up to date")
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    row = _database().one(
+        "add_user",
+        user_id=args.user_id,
+        display_name=args.name or args.user_id,
+        role="admin" if args.admin else "user",
+    )
+    assert row is not None
+    print(f"user {row['id']} ({row['role']})")
+    return 0
+
+
+def cmd_token_issue(args: argparse.Namespace) -> int:
+    if args.expires_days is not None and args.expires_days <= 0:
+        print("error: --expires-days must be a positive number of days", file=sys.stderr)
+        return 2
+    token = auth.new_token()
+    row = _database().one(
+        "issue_token",
+        user_id=args.user_id,
+        token_hash=auth.hash_token(token),
+        label=args.label,
+        expires_days=args.expires_days,
+    )
+    if row is None:
+        print(f"error: no user {args.user_id!r}; create it with `user add {args.user_id}`", file=sys.stderr)
+        return 1
+    expires = row["expires_at"].isoformat() if row["expires_at"] else "never"
+    print(f"token id: {row['id']}")
+    print(f"user: {row['user_id']}  label: {row['label'] or '-'}  expires: {expires}")
+    print("The token is shown once; store it now:")
+    print(token)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    try:
+        token_id = uuid.UUID(args.token_id)
+    except ValueError:
+        print(f"error: {args.token_id!r} is not a token id (a UUID)", file=sys.stderr)
+        return 2
+    row = _database().one("revoke_token", token_id=str(token_id))
+    if row is None:
+        print(f"error: no token {token_id}", file=sys.stderr)
+        return 1
+    print(f"revoked token {row['id']} of {row['user_id']} at {row['revoked_at'].isoformat()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m chalicelib.cli", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("migrate", help="apply pending migrations").set_defaults(run=cmd_migrate)
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    add = user.add_parser("add", help="create a user (or change their role)")
+    add.add_argument("user_id")
+    add.add_argument("--admin", action="store_true", help="may act on any user's data")
+    add.add_argument("--name", help="display name (default: the user id)")
+    add.set_defaults(run=cmd_user_add)
+
+    token = commands.add_parser("token", help="manage bearer tokens").add_subparsers(dest="action", required=True)
+    issue = token.add_parser("issue", help="issue a bearer token; printed once, last")
+    issue.add_argument("user_id")
+    issue.add_argument("--label")
+    issue.add_argument("--expires-days", type=int)
+    issue.set_defaults(run=cmd_token_issue)
+    revoke = token.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("token_id")
+    revoke.set_defaults(run=cmd_token_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (ConfigError, DatabaseUnavailable, migrate.MigrationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

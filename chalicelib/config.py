@@ -1,0 +1,68 @@
+"""Settings read from the environment, once per container."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+DEBUG_NAMESPACE = "chitty:mcp:chatgpt"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+LOCAL_ORIGINS = tuple(f"{scheme}://{host}" for scheme in ("http", "https") for host in LOCAL_HOSTS)
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def _csv(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _debug_enabled(raw: str) -> bool:
+    # DEBUG follows the `debug` package convention: a comma list of namespaces, `*` wildcards.
+    for pattern in (part.strip() for part in raw.split(",")):
+        if pattern == "*" or pattern == DEBUG_NAMESPACE:
+            return True
+        if pattern.endswith("*") and DEBUG_NAMESPACE.startswith(pattern[:-1]):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the server needs to know about where it runs."""
+
+    stage: str
+    database_url: str | None
+    db_timeout: float
+    allowed_hosts: tuple[str, ...]
+    allowed_origins: tuple[str, ...]
+    debug: bool
+    log_level: str
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "CHITTY_DATABASE_URL is not set. Set it to a postgres:// URL, "
+                "or use `make run`, which starts a local database."
+            )
+        return self.database_url
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this container, read from the environment on first use."""
+    debug = _debug_enabled(os.environ.get("DEBUG", ""))
+    return Settings(
+        stage=os.environ.get("CHITTY_STAGE", "dev"),
+        database_url=os.environ.get("CHITTY_DATABASE_URL") or None,
+        db_timeout=float(os.environ.get("CHITTY_DB_TIMEOUT", "5")),
+        allowed_hosts=_csv("CHITTY_ALLOWED_HOSTS", LOCAL_HOSTS),
+        allowed_origins=_csv("CHITTY_ALLOWED_ORIGINS", LOCAL_ORIGINS),
+        debug=debug,
+        log_level="DEBUG" if debug else os.environ.get("LOG_LEVEL", "INFO").upper(),
+    )

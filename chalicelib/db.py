@@ -1,0 +1,269 @@
+"""PostgreSQL through pg8000: one connection per container, named queries, safe retries.
+
+A Lambda container serves one request at a time, so a single connection, opened on first
+use and kept for the life of the container, is all it needs. A connection the server
+dropped (restart, idle timeout, pg_terminate_backend) is replaced and the unit of work
+is retried once when it cannot have committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+T = TypeVar("T")
+# sql/ sits beside chalicelib/ in a checkout; a deployment carries it inside chalicelib/.
+SQL_DIR = next(
+    (path for path in (Path(__file__).parent / "sql", Path(__file__).parent.parent / "sql") if path.is_dir()),
+    Path(__file__).parent.parent / "sql",
+)
+Row = dict[str, Any]
+
+LOCAL_DB_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# SQLSTATE classes and codes that mean the connection is gone, not that the statement failed.
+_CONNECTION_LOST_CODES = frozenset({"57P01", "57P02", "57P03"})
+_NAME_LINE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached right now. Safe to show to users; says nothing secret."""
+
+    def __init__(self, message: str = "The database is unavailable; try again shortly.") -> None:
+        super().__init__(message)
+
+
+class DatabaseURLError(ValueError):
+    """CHITTY_DATABASE_URL cannot be understood."""
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE code of a pg8000 DatabaseError, if it carries one."""
+    if isinstance(error, DatabaseError) and error.args and isinstance(error.args[0], dict):
+        code = error.args[0].get("C")
+        return str(code) if code else None
+    return None
+
+
+def _connection_lost(error: BaseException) -> bool:
+    if isinstance(error, (InterfaceError, OSError)):
+        return True
+    code = sqlstate(error)
+    return code is not None and (code in _CONNECTION_LOST_CODES or code.startswith("08"))
+
+
+def _ssl_context(sslmode: str | None, host: str) -> ssl.SSLContext | bool:
+    """TLS settings for pg8000: verified TLS for remote hosts unless the URL says otherwise.
+
+    Remote hosts never fall back to plain text: `prefer` and `allow` are read as
+    `verify-full`. Only an explicit `sslmode=disable` turns TLS off.
+    """
+    local = host in LOCAL_DB_HOSTS or host.startswith("/")
+    mode = sslmode or ("disable" if local else "verify-full")
+    if mode == "disable" or (local and mode in ("allow", "prefer")):
+        return False
+    context = ssl.create_default_context()
+    if mode == "require":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif mode == "verify-ca":
+        context.check_hostname = False
+    elif mode not in ("verify-full", "allow", "prefer"):
+        raise DatabaseURLError(f"unsupported sslmode {mode!r} in CHITTY_DATABASE_URL")
+    return context
+
+
+def connect_kwargs(url: str, timeout: float) -> dict[str, Any]:
+    """pg8000 connection arguments for a postgres:// URL.
+
+    A `host=/dir` query parameter (or an empty host) selects a Unix socket in that
+    directory, as libpq does.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise DatabaseURLError("CHITTY_DATABASE_URL must start with postgres:// or postgresql://")
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    port = parts.port or int(query.get("port", 5432))
+    socket_dir = query.get("host") if query.get("host", "").startswith("/") else None
+    host = parts.hostname or query.get("host") or "localhost"
+    kwargs: dict[str, Any] = {
+        "user": unquote(parts.username or query.get("user", "postgres")),
+        "password": unquote(parts.password) if parts.password else query.get("password"),
+        "database": unquote(parts.path.lstrip("/")) or query.get("dbname") or None,
+        "timeout": timeout,
+        "application_name": query.get("application_name", "chitty-chatgpt-mcp"),
+    }
+    if socket_dir:
+        kwargs["unix_sock"] = f"{socket_dir}/.s.PGSQL.{port}"
+        kwargs["ssl_context"] = _ssl_context(query.get("sslmode"), socket_dir)
+    else:
+        kwargs["host"] = host
+        kwargs["port"] = port
+        kwargs["ssl_context"] = _ssl_context(query.get("sslmode"), host)
+    return kwargs
+
+
+def load_queries(directory: Path) -> dict[str, str]:
+    """Named queries from `-- name: x` blocks in every .sql file of a folder."""
+    queries: dict[str, str] = {}
+    for path in sorted(directory.glob("*.sql")):
+        text = path.read_text(encoding="utf-8")
+        names = list(_NAME_LINE.finditer(text))
+        for index, match in enumerate(names):
+            end = names[index + 1].start() if index + 1 < len(names) else len(text)
+            name = match.group(1)
+            if name in queries:
+                raise ValueError(f"query {name!r} is defined twice (second time in {path.name})")
+            queries[name] = text[match.end() : end].strip().rstrip(";")
+    return queries
+
+
+def _rows(conn: pg8000.native.Connection, result: list[list[Any]] | None) -> list[Row]:
+    if not result or not conn.columns:
+        return []
+    names = [column["name"] for column in conn.columns]
+    return [dict(zip(names, row, strict=True)) for row in result]
+
+
+@dataclass
+class Transaction:
+    """Runs named queries inside one open transaction."""
+
+    conn: pg8000.native.Connection
+    queries: dict[str, str]
+    database: Database
+
+    def all(self, name: str, **params: Any) -> list[Row]:
+        self.database.round_trips += 1
+        return _rows(self.conn, self.conn.run(self.queries[name], **params))
+
+    def one(self, name: str, **params: Any) -> Row | None:
+        rows = self.all(name, **params)
+        return rows[0] if rows else None
+
+
+@dataclass
+class Database:
+    """A lazily opened, self-healing connection and the named queries of sql/queries/."""
+
+    url: str
+    timeout: float = 10.0
+    queries: dict[str, str] = field(default_factory=dict)
+    round_trips: int = 0
+    _conn: pg8000.native.Connection | None = None
+
+    def connect(self) -> pg8000.native.Connection:
+        """A new connection of its own (for migrations and tests); the caller closes it."""
+        try:
+            return pg8000.native.Connection(**connect_kwargs(self.url, self.timeout))
+        except (InterfaceError, OSError) as error:
+            raise DatabaseUnavailable() from error
+        except DatabaseError as error:
+            if _connection_lost(error) or sqlstate(error) in ("28P01", "28000", "3D000"):
+                raise DatabaseUnavailable() from error
+            raise
+
+    def _connection(self) -> pg8000.native.Connection:
+        if self._conn is None:
+            self._conn = self.connect()
+        return self._conn
+
+    def discard(self) -> None:
+        """Forget the current connection (closing it if it still answers)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # The connection is already broken; closing it is a courtesy that may fail.
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def all(self, name: str, **params: Any) -> list[Row]:
+        """Run one named query as its own transaction; retried once on a dropped connection."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                self.round_trips += 1
+                return _rows(conn, conn.run(self.queries[name], **params))
+            except (InterfaceError, OSError, DatabaseError) as error:
+                if not _connection_lost(error):
+                    raise
+                self.discard()
+                if attempt == 2:
+                    raise DatabaseUnavailable() from error
+        raise AssertionError("unreachable")
+
+    def one(self, name: str, **params: Any) -> Row | None:
+        rows = self.all(name, **params)
+        return rows[0] if rows else None
+
+    def transaction(self, work: Callable[[Transaction], T]) -> T:
+        """Run `work` in one transaction; if the connection drops before COMMIT, run it again."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            committing = False
+            try:
+                conn.run("BEGIN")
+                self.round_trips += 1
+                result = work(Transaction(conn, self.queries, self))
+                committing = True
+                conn.run("COMMIT")
+                self.round_trips += 1
+                return result
+            except (InterfaceError, OSError, DatabaseError) as error:
+                if _connection_lost(error):
+                    self.discard()
+                    if attempt == 2 or committing:
+                        raise DatabaseUnavailable() from error
+                    continue
+                self._rollback(conn)
+                raise
+            except BaseException:
+                self._rollback(conn)
+                raise
+        raise AssertionError("unreachable")
+
+    def _rollback(self, conn: pg8000.native.Connection) -> None:
+        try:
+            conn.run("ROLLBACK")
+        except (InterfaceError, OSError, DatabaseError):
+            self.discard()
+
+
+_lock = threading.Lock()
+_database: Database | None = None
+
+
+def get_database() -> Database:
+    """The container's database handle, built on first use from the settings."""
+    global _database
+    if _database is None:
+        from chalicelib.config import get_settings
+
+        with _lock:
+            if _database is None:
+                settings = get_settings()
+                _database = Database(
+                    url=settings.require_database_url(),
+                    timeout=settings.db_timeout,
+                    queries=load_queries(SQL_DIR / "queries"),
+                )
+    return _database
+
+
+@contextmanager
+def connection(url: str, timeout: float = 10.0) -> Iterator[pg8000.native.Connection]:
+    """A short-lived connection of its own, closed on exit."""
+    conn = Database(url=url, timeout=timeout).connect()
+    try:
+        yield conn
+    finally:
+        conn.close()

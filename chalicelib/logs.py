@@ -1,0 +1,39 @@
+"""Structured JSON logs (Powertools Logger), with secrets scrubbed before they are written."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from aws_lambda_powertools import Logger
+
+from chalicelib.config import get_settings
+
+SERVICE = "chitty-chatgpt-mcp"
+# Bearer tokens of this server and OpenAI-style keys: never written, whatever logs them.
+_SECRET = re.compile(r"(chitty_[A-Za-z0-9_-]{16,}|sk-[A-Za-z0-9_-]{16,}|Bearer\s+\S+)")
+
+
+def redact(text: str) -> str:
+    """Text with anything that looks like a token or API key replaced by [REDACTED]."""
+    return _SECRET.sub("[REDACTED]", text)
+
+
+class _Redact(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        for key, value in list(record.__dict__.items()):
+            if isinstance(value, str) and key not in ("name", "levelname", "pathname", "filename", "module"):
+                record.__dict__[key] = redact(value)
+        return True
+
+
+def _build() -> Logger:
+    logger = Logger(service=SERVICE, level=get_settings().log_level)
+    for handler in logger.handlers:
+        handler.addFilter(_Redact())
+    return logger
+
+
+logger = _build()

@@ -1,0 +1,24 @@
+"""The Model Context Protocol over Streamable HTTP, stateless. Imports nothing from the rest of the app."""
+
+from chalicelib.mcp.errors import Forbidden, InvalidArguments, JsonRpcError, NotFound, ToolError, Unavailable
+from chalicelib.mcp.http import HttpRequest, HttpResponse
+from chalicelib.mcp.registry import Registry, Tool, ToolCall, ToolResult
+from chalicelib.mcp.server import SUPPORTED_VERSIONS, McpServer, ServerInfo
+
+__all__ = [
+    "SUPPORTED_VERSIONS",
+    "Forbidden",
+    "HttpRequest",
+    "HttpResponse",
+    "InvalidArguments",
+    "JsonRpcError",
+    "McpServer",
+    "NotFound",
+    "Registry",
+    "ServerInfo",
+    "Tool",
+    "ToolCall",
+    "ToolError",
+    "ToolResult",
+    "Unavailable",
+]

@@ -1,0 +1,146 @@
+"""The tools the server offers, and what a tool sees when it is called."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chalicelib.mcp.errors import INVALID_PARAMS, JsonRpcError, ToolError
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+ProgressReporter = Callable[[float, "float | None", "str | None"], None]
+
+
+@dataclass
+class ToolCall:
+    """One invocation of a tool: validated arguments, the caller, and a way to report progress."""
+
+    name: str
+    arguments: dict[str, Any]
+    principal: Any
+    progress: ProgressReporter | None = None
+    request_id: str | int | None = None
+
+    def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        """Send notifications/progress when the client asked for it; otherwise a no-op."""
+        if self.progress is not None:
+            self.progress(progress, total, message)
+
+
+@dataclass
+class ToolResult:
+    """A tool's answer: structured content, and the text a model reads (JSON of it by default)."""
+
+    structured: dict[str, Any]
+    text: str | None = None
+
+    def to_result(self) -> dict[str, Any]:
+        text = self.text if self.text is not None else json.dumps(self.structured, default=str)
+        return {"content": [{"type": "text", "text": text}], "structuredContent": self.structured, "isError": False}
+
+
+def error_result(error: ToolError) -> dict[str, Any]:
+    """An isError tool result carrying the error's message (and data, when any)."""
+    result: dict[str, Any] = {"content": [{"type": "text", "text": error.message}], "isError": True}
+    if error.data:
+        result["structuredContent"] = {"error": error.message, **error.data}
+    return result
+
+
+ToolHandler = Callable[[ToolCall], "ToolResult | dict[str, Any]"]
+
+
+@dataclass
+class Tool:
+    """A tool: its name, JSON Schemas, behaviour hints, and the function that runs it."""
+
+    name: str
+    title: str
+    description: str
+    input_schema: dict[str, Any]
+    handler: ToolHandler
+    output_schema: dict[str, Any] | None = None
+    read_only: bool = False
+    destructive: bool = False
+    idempotent: bool = False
+    open_world: bool = False
+    _validator: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not _TOOL_NAME.match(self.name):
+            raise ValueError(f"invalid tool name {self.name!r}")
+
+    def describe(self) -> dict[str, Any]:
+        """The tools/list entry."""
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "inputSchema": {"$schema": JSON_SCHEMA_DIALECT, **self.input_schema},
+            "annotations": {
+                "title": self.title,
+                "readOnlyHint": self.read_only,
+                "destructiveHint": self.destructive,
+                "idempotentHint": self.idempotent,
+                "openWorldHint": self.open_world,
+            },
+        }
+        if self.output_schema is not None:
+            entry["outputSchema"] = {"$schema": JSON_SCHEMA_DIALECT, **self.output_schema}
+        return entry
+
+    def validate(self, arguments: dict[str, Any]) -> None:
+        """Raise ToolError naming the first offending field when the arguments break the schema."""
+        if self._validator is None:
+            from jsonschema import Draft202012Validator
+
+            self._validator = Draft202012Validator(
+                self.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+            )
+        from jsonschema.exceptions import best_match
+
+        error = best_match(self._validator.iter_errors(arguments))
+        if error is None:
+            return
+        location = "/".join(str(part) for part in error.absolute_path)
+        field_name = location or _missing_field(error.message) or "arguments"
+        raise ToolError(
+            f"Invalid arguments for {self.name}: {field_name}: {_short(error.message)}",
+            data={"field": field_name},
+        )
+
+
+def _missing_field(message: str) -> str | None:
+    match = re.match(r"^'([^']+)' is a required property$", message)
+    if match:
+        return match.group(1)
+    match = re.search(r"\('([^']+)' (?:was|were) unexpected\)", message)
+    return match.group(1) if match else None
+
+
+def _short(message: str, limit: int = 200) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+@dataclass
+class Registry:
+    """Everything the server offers. Tools register themselves here; mcp/ never imports them."""
+
+    tools: dict[str, Tool] = field(default_factory=dict)
+
+    def add_tool(self, tool: Tool) -> Tool:
+        if tool.name in self.tools:
+            raise ValueError(f"tool {tool.name!r} registered twice")
+        self.tools[tool.name] = tool
+        return tool
+
+    def tool(self, name: str) -> Tool:
+        try:
+            return self.tools[name]
+        except KeyError:
+            raise JsonRpcError(INVALID_PARAMS, f"Unknown tool: {name}") from None

@@ -1,0 +1,395 @@
+"""The stateless MCP server: one POST in, one JSON (or event-stream) answer out.
+
+Two eras share the endpoint. A request whose `_meta` names a protocol version (or whose
+MCP-Protocol-Version header is a modern one) is served by the 2026-07-28 rules; anything
+else by the handshake-era rules of 2025-11-25, 2025-06-18 and 2025-03-26. No session id
+is ever issued: every request is answered from itself and the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chalicelib.mcp.errors import (
+    FORBIDDEN,
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    UNAUTHORIZED,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    JsonRpcError,
+    ToolError,
+)
+from chalicelib.mcp.http import (
+    MAX_BODY_BYTES,
+    HttpRequest,
+    HttpResponse,
+    accepts,
+    host_allowed,
+    json_response,
+    origin_allowed,
+    sse_response,
+)
+from chalicelib.mcp.registry import Registry, ToolCall, ToolResult, error_result
+
+MODERN_VERSIONS = ("2026-07-28",)
+HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
+SUPPORTED_VERSIONS = MODERN_VERSIONS + HANDSHAKE_VERSIONS
+# A handshake-era request without the header is read as 2025-03-26, which predates it.
+DEFAULT_HANDSHAKE_VERSION = "2025-03-26"
+
+META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+TOOLS_LIST_TTL_MS = 300_000
+
+Authenticator = Callable[[str | None], Any]
+
+
+class ExceptionLogger(Protocol):
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    name: str
+    version: str
+    title: str
+    instructions: str
+
+
+@dataclass
+class _Request:
+    """A parsed JSON-RPC request and what the protocol layer learned about it."""
+
+    id: str | int
+    method: str
+    params: dict[str, Any]
+    modern: bool
+    version: str
+    principal: Any
+    want_events: bool
+    want_json: bool
+
+
+def _rpc_error(request_id: str | int | None, error: JsonRpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": error.to_error()}
+
+
+def _decode_header_value(value: str) -> str:
+    """Mcp-Name values may arrive as =?base64?...?= to carry non-ASCII text."""
+    if value.startswith("=?base64?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise JsonRpcError(
+                HEADER_MISMATCH, "Header mismatch: Mcp-Name is not valid base64", http_status=400
+            ) from None
+    return value
+
+
+def _is_valid_id(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+class McpServer:
+    """Answers POST /mcp. Knows nothing of SQL or OpenAI: tools come from the registry."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        authenticate: Authenticator,
+        info: ServerInfo,
+        allowed_hosts: tuple[str, ...],
+        allowed_origins: tuple[str, ...],
+        logger: ExceptionLogger,
+    ) -> None:
+        self.registry = registry
+        self.authenticate = authenticate
+        self.info = info
+        self.allowed_hosts = allowed_hosts
+        self.allowed_origins = allowed_origins
+        self.logger = logger
+
+    # HTTP
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        """Answer one HTTP request to the MCP endpoint."""
+        rejection = self._check_http(request)
+        if rejection is not None:
+            return rejection
+        principal = self.authenticate(request.header("authorization"))
+        if principal is None:
+            message = "Unauthorized: send Authorization: Bearer <token>"
+            challenge = "Bearer"
+            if request.header("authorization"):
+                message = "Unauthorized: the bearer token is unknown, expired or revoked"
+                challenge = 'Bearer error="invalid_token"'
+            return self._error(
+                None, JsonRpcError(UNAUTHORIZED, message, http_status=401), {"WWW-Authenticate": challenge}
+            )
+        log: dict[str, Any] = {"principal": principal}
+        try:
+            response = self._handle_message(request, principal, log)
+        except JsonRpcError as error:
+            response = self._error(log.get("id"), error)
+            log["rpc_error"] = error.code
+        response.log.update(log)
+        return response
+
+    def _check_http(self, request: HttpRequest) -> HttpResponse | None:
+        if not host_allowed(request.header("host"), self.allowed_hosts):
+            return self._error(None, JsonRpcError(FORBIDDEN, "Forbidden: Host not allowed", http_status=403))
+        if not origin_allowed(request.header("origin"), self.allowed_origins):
+            return self._error(None, JsonRpcError(FORBIDDEN, "Forbidden: Origin not allowed", http_status=403))
+        if request.method != "POST":
+            error = JsonRpcError(INVALID_REQUEST, "Method Not Allowed: this endpoint takes POST only", http_status=405)
+            return self._error(None, error, {"Allow": "POST"})
+        if len(request.body) > MAX_BODY_BYTES:
+            error = JsonRpcError(INVALID_REQUEST, "Request body over 1 MiB", http_status=413)
+            return self._error(None, error)
+        content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            error = JsonRpcError(INVALID_REQUEST, "Content-Type must be application/json", http_status=415)
+            return self._error(None, error)
+        accept = request.header("accept")
+        if not accepts(accept, "application/json") and not accepts(accept, "text/event-stream"):
+            error = JsonRpcError(
+                INVALID_REQUEST, "Not Acceptable: accept application/json or text/event-stream", http_status=406
+            )
+            return self._error(None, error)
+        return None
+
+    def _error(
+        self, request_id: str | int | None, error: JsonRpcError, headers: dict[str, str] | None = None
+    ) -> HttpResponse:
+        response = json_response(error.http_status, _rpc_error(request_id, error), headers)
+        response.log["rpc_error"] = error.code
+        return response
+
+    # JSON-RPC
+
+    def _handle_message(self, request: HttpRequest, principal: Any, log: dict[str, Any]) -> HttpResponse:
+        try:
+            message = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise JsonRpcError(PARSE_ERROR, "Parse error: the body is not valid JSON", http_status=400) from None
+        if isinstance(message, list):
+            raise JsonRpcError(INVALID_REQUEST, "Invalid Request: batches are not supported", http_status=400)
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            raise JsonRpcError(INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object", http_status=400)
+        if "method" not in message:
+            if _is_valid_id(message.get("id")) and ("result" in message or "error" in message):
+                log["rpc_method"] = "(response)"
+                return HttpResponse(status=202)
+            raise JsonRpcError(INVALID_REQUEST, "Invalid Request: no method", http_status=400)
+        method = message["method"]
+        if not isinstance(method, str) or not method:
+            raise JsonRpcError(INVALID_REQUEST, "Invalid Request: method must be a string", http_status=400)
+        log["rpc_method"] = method
+        if "id" not in message:
+            return HttpResponse(status=202)  # A notification: accepted, nothing to answer.
+        request_id = message["id"]
+        if not _is_valid_id(request_id):
+            raise JsonRpcError(INVALID_REQUEST, "Invalid Request: id must be a string or an integer", http_status=400)
+        log["id"] = request_id
+        params = message.get("params", {})
+        if not isinstance(params, dict):
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: params must be an object", http_status=400)
+        parsed = self._negotiate(request, request_id, method, params, principal)
+        log["protocol_version"] = parsed.version
+        result, events = self._dispatch(parsed, log)
+        reply = {"jsonrpc": "2.0", "id": request_id, "result": result}
+        if parsed.want_events and (events or not parsed.want_json):
+            return sse_response([*events, reply])
+        return json_response(200, reply)
+
+    def _negotiate(
+        self, request: HttpRequest, request_id: str | int, method: str, params: dict[str, Any], principal: Any
+    ) -> _Request:
+        meta = params.get("_meta")
+        header_version = request.header("mcp-protocol-version")
+        meta_version = meta.get(META_PROTOCOL_VERSION) if isinstance(meta, dict) else None
+        accept = request.header("accept")
+        common = {
+            "id": request_id,
+            "method": method,
+            "params": params,
+            "principal": principal,
+            "want_events": bool(accept) and accepts(accept, "text/event-stream"),
+            "want_json": accepts(accept, "application/json"),
+        }
+        if meta_version is None and header_version not in MODERN_VERSIONS:
+            if header_version is not None and header_version not in HANDSHAKE_VERSIONS:
+                raise self._unsupported(header_version)
+            return _Request(modern=False, version=header_version or DEFAULT_HANDSHAKE_VERSION, **common)
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta_version, str)
+            or not isinstance(meta.get(META_CLIENT_CAPABILITIES), dict)
+        ):
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                f"Invalid params: _meta must carry {META_PROTOCOL_VERSION} and {META_CLIENT_CAPABILITIES}",
+                http_status=400,
+            )
+        if header_version is None:
+            raise JsonRpcError(
+                HEADER_MISMATCH, "Header mismatch: MCP-Protocol-Version header is missing", http_status=400
+            )
+        if header_version != meta_version:
+            raise JsonRpcError(
+                HEADER_MISMATCH,
+                f"Header mismatch: MCP-Protocol-Version header '{header_version[:40]}' "
+                f"does not match _meta '{meta_version[:40]}'",
+                http_status=400,
+            )
+        if request.header("mcp-method") != method:
+            raise JsonRpcError(
+                HEADER_MISMATCH,
+                f"Header mismatch: Mcp-Method header does not match body method '{method}'",
+                http_status=400,
+            )
+        if method in NAME_BEARING:
+            header_name = request.header("mcp-name")
+            body_name = params.get(NAME_BEARING[method])
+            if header_name is None or _decode_header_value(header_name) != body_name:
+                raise JsonRpcError(
+                    HEADER_MISMATCH, "Header mismatch: Mcp-Name header does not match the body", http_status=400
+                )
+        if meta_version not in MODERN_VERSIONS:
+            raise self._unsupported(meta_version)
+        return _Request(modern=True, version=meta_version, **common)
+
+    def _unsupported(self, requested: str) -> JsonRpcError:
+        return JsonRpcError(
+            UNSUPPORTED_PROTOCOL_VERSION,
+            f"Unsupported protocol version: {requested}",
+            http_status=400,
+            data={"supported": list(SUPPORTED_VERSIONS), "requested": requested},
+        )
+
+    # Methods
+
+    def _dispatch(self, request: _Request, log: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        events: list[dict[str, Any]] = []
+        method = request.method
+        if request.modern:
+            handlers: dict[str, Callable[[_Request], dict[str, Any]]] = {
+                "server/discover": self._discover,
+                "tools/list": self._tools_list,
+            }
+        else:
+            handlers = {"initialize": self._initialize, "ping": lambda _: {}, "tools/list": self._tools_list}
+        if method == "tools/call":
+            result = self._tools_call(request, events, log)
+        elif method in handlers:
+            result = handlers[method](request)
+        else:
+            raise JsonRpcError(
+                METHOD_NOT_FOUND, f"Method not found: {method}", http_status=404 if request.modern else 200
+            )
+        if request.modern:
+            result = {"resultType": "complete", **result}
+            result.setdefault("_meta", {})[META_SERVER_INFO] = self._server_info()
+        return result, events
+
+    def _server_info(self) -> dict[str, str]:
+        return {"name": self.info.name, "title": self.info.title, "version": self.info.version}
+
+    def _capabilities(self) -> dict[str, Any]:
+        return {"tools": {"listChanged": False}}
+
+    def _initialize(self, request: _Request) -> dict[str, Any]:
+        requested = request.params.get("protocolVersion")
+        if not isinstance(requested, str):
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: protocolVersion must be a string")
+        version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[0]
+        return {
+            "protocolVersion": version,
+            "capabilities": self._capabilities(),
+            "serverInfo": self._server_info(),
+            "instructions": self.info.instructions,
+        }
+
+    def _discover(self, _: _Request) -> dict[str, Any]:
+        return {
+            "supportedVersions": list(SUPPORTED_VERSIONS),
+            "capabilities": self._capabilities(),
+            "instructions": self.info.instructions,
+            "ttlMs": TOOLS_LIST_TTL_MS,
+            "cacheScope": "public",
+        }
+
+    def _tools_list(self, request: _Request) -> dict[str, Any]:
+        if request.params.get("cursor") is not None:
+            raise JsonRpcError(
+                INVALID_PARAMS, "Invalid params: unknown cursor (tools/list has one page)", http_status=400
+            )
+        result: dict[str, Any] = {"tools": [tool.describe() for tool in self.registry.tools.values()]}
+        if request.modern:
+            result.update(ttlMs=TOOLS_LIST_TTL_MS, cacheScope="public")
+        return result
+
+    def _tools_call(self, request: _Request, events: list[dict[str, Any]], log: dict[str, Any]) -> dict[str, Any]:
+        status = 400 if request.modern else 200
+        name = request.params.get("name")
+        if not isinstance(name, str):
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: name must be a string", http_status=status)
+        log["tool"] = name
+        arguments = request.params.get("arguments", {})
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: arguments must be an object", http_status=status)
+        try:
+            tool = self.registry.tool(name)
+        except JsonRpcError as error:
+            error.http_status = status
+            raise
+        call = ToolCall(name=name, arguments=arguments, principal=request.principal, request_id=request.id)
+        meta = request.params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if request.want_events and _is_valid_id(token):
+            call.progress = _progress_collector(token, events)
+        try:
+            tool.validate(arguments)
+            answer = tool.handler(call)
+        except ToolError as error:
+            log["is_error"] = True
+            return error_result(error)
+        except JsonRpcError:
+            raise
+        except Exception:
+            self.logger.exception("tool failed", extra={"tool": name})
+            raise JsonRpcError(INTERNAL_ERROR, "Internal error", http_status=500) from None
+        log["is_error"] = False
+        return answer.to_result() if isinstance(answer, ToolResult) else ToolResult(structured=answer).to_result()
+
+
+def _progress_collector(
+    token: str | int, events: list[dict[str, Any]]
+) -> Callable[[float, float | None, str | None], None]:
+    last: list[float] = []
+
+    def report(progress: float, total: float | None, message: str | None) -> None:
+        if last and progress <= last[0]:
+            return  # progress must strictly increase
+        last[:] = [progress]
+        params: dict[str, Any] = {"progressToken": token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        events.append({"jsonrpc": "2.0", "method": "notifications/progress", "params": params})
+
+    return report

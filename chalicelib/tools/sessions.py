@@ -1,0 +1,244 @@
+"""Conversation sessions: create, list, get, update, delete.
+
+A session belongs to one user. Users see and change only their own; admins any. Another
+user's session answers exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+import uuid
+from typing import Any
+
+from chalicelib.db import Database
+from chalicelib.mcp.errors import InvalidArguments, NotFound
+from chalicelib.mcp.registry import Registry, Tool, ToolCall
+from chalicelib.tools.access import USER_ID_SCHEMA, UUID_PATTERN, acting_user, caller_params
+from chalicelib.tools.records import session_record
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 20
+
+SESSION_ID = {"type": "string", "pattern": UUID_PATTERN, "description": "The session's id (a UUID)."}
+METADATA = {
+    "type": "object",
+    "description": "ChittyOS links and labels, e.g. case_id, case_type, document_ids.",
+    "properties": {
+        "case_id": {"type": "string", "maxLength": 200},
+        "case_type": {"type": "string", "maxLength": 200},
+        "document_ids": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 1000},
+    },
+}
+STATUS = {"type": "string", "enum": ["active", "archived"]}
+SESSION = {
+    "type": "object",
+    "properties": {
+        "session_id": {"type": "string"},
+        "user_id": {"type": "string"},
+        "session_name": {"type": "string"},
+        "system_prompt": {"type": ["string", "null"]},
+        "metadata": {"type": "object"},
+        "status": STATUS,
+        "message_count": {"type": "integer"},
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_cost_usd": {"type": "number"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "last_activity_at": {"type": "string", "format": "date-time"},
+    },
+    "required": ["session_id", "user_id", "session_name", "metadata", "status", "created_at"],
+}
+
+
+def _encode_cursor(row: dict[str, Any]) -> str:
+    payload = json.dumps({"t": row["created_at"].isoformat(), "i": str(row["id"])}).encode()
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime.datetime, uuid.UUID]:
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.datetime.fromisoformat(payload["t"]), uuid.UUID(payload["i"])
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InvalidArguments("cursor: not a cursor this server issued; pass back a next_cursor unchanged") from None
+
+
+def register(registry: Registry, db: Database) -> None:
+    """Add the session tools to the registry."""
+
+    def create(call: ToolCall) -> dict[str, Any]:
+        user_id = acting_user(call)
+        args = call.arguments
+        row = db.one(
+            "create_session",
+            user_id=user_id,
+            session_name=args["session_name"],
+            system_prompt=args.get("initial_system_prompt"),
+            metadata=json.dumps(args.get("metadata") or {}),
+        )
+        if row is None:
+            raise NotFound(f"No user {user_id!r}.")
+        return session_record(row)
+
+    def list_sessions(call: ToolCall) -> dict[str, Any]:
+        args = call.arguments
+        limit = args.get("limit", DEFAULT_PAGE)
+        after_created, after_id = _decode_cursor(args["cursor"]) if args.get("cursor") else (None, None)
+        rows = db.all(
+            "list_sessions",
+            user_id=acting_user(call),
+            status=args.get("status"),
+            case_id=args.get("case_id"),
+            after_created=after_created,
+            after_id=str(after_id) if after_id else None,
+            limit=limit + 1,
+        )
+        page = rows[:limit]
+        next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else None
+        return {"sessions": [session_record(row) for row in page], "next_cursor": next_cursor}
+
+    def get(call: ToolCall) -> dict[str, Any]:
+        row = db.one("get_session", session_id=call.arguments["session_id"], **caller_params(call))
+        if row is None:
+            raise NotFound(f"No session {call.arguments['session_id']}.")
+        return session_record(row)
+
+    def update(call: ToolCall) -> dict[str, Any]:
+        args = call.arguments
+        metadata = args.get("metadata")
+        row = db.one(
+            "update_session",
+            session_id=args["session_id"],
+            session_name=args.get("session_name"),
+            status=args.get("status"),
+            metadata=None if metadata is None else json.dumps(metadata),
+            **caller_params(call),
+        )
+        if row is None:
+            raise NotFound(f"No session {args['session_id']}.")
+        return session_record(row)
+
+    def delete(call: ToolCall) -> dict[str, Any]:
+        row = db.one("delete_session", session_id=call.arguments["session_id"], **caller_params(call))
+        if row is None:
+            raise NotFound(f"No session {call.arguments['session_id']}.")
+        return {"session_id": str(row["id"]), "deleted": True}
+
+    registry.add_tool(
+        Tool(
+            name="chitty_chat_session_create",
+            title="Create chat session",
+            description=(
+                "Start a conversation session with ChatGPT. Its system prompt is sent with every "
+                "completion in the session; metadata links it to ChittyOS cases and documents."
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "user_id": USER_ID_SCHEMA,
+                    "session_name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "initial_system_prompt": {"type": "string", "maxLength": 100_000},
+                    "metadata": METADATA,
+                },
+                "required": ["session_name"],
+                "additionalProperties": False,
+            },
+            output_schema=SESSION,
+            handler=create,
+        )
+    )
+    registry.add_tool(
+        Tool(
+            name="chitty_chat_session_list",
+            title="List chat sessions",
+            description="List your sessions, newest first, optionally by status or ChittyOS case; paged by cursor.",
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "user_id": USER_ID_SCHEMA,
+                    "status": STATUS,
+                    "case_id": {"type": "string", "maxLength": 200},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+                    "cursor": {"type": "string", "maxLength": 500},
+                },
+                "additionalProperties": False,
+            },
+            output_schema={
+                "type": "object",
+                "properties": {
+                    "sessions": {"type": "array", "items": SESSION},
+                    "next_cursor": {"type": ["string", "null"]},
+                },
+                "required": ["sessions", "next_cursor"],
+            },
+            handler=list_sessions,
+            read_only=True,
+            idempotent=True,
+        )
+    )
+    registry.add_tool(
+        Tool(
+            name="chitty_chat_session_get",
+            title="Get chat session",
+            description="A session's settings, ChittyOS links and running totals (messages, tokens, cost).",
+            input_schema={
+                "type": "object",
+                "properties": {"session_id": SESSION_ID},
+                "required": ["session_id"],
+                "additionalProperties": False,
+            },
+            output_schema=SESSION,
+            handler=get,
+            read_only=True,
+            idempotent=True,
+        )
+    )
+    registry.add_tool(
+        Tool(
+            name="chitty_chat_session_update",
+            title="Update chat session",
+            description=(
+                "Rename a session, archive or reactivate it, or change its metadata "
+                "(merged: keys given replace, keys set to null are removed)."
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "session_id": SESSION_ID,
+                    "session_name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "metadata": {**METADATA, "properties": {}},
+                    "status": STATUS,
+                },
+                "required": ["session_id"],
+                "additionalProperties": False,
+            },
+            output_schema=SESSION,
+            handler=update,
+            idempotent=True,
+        )
+    )
+    registry.add_tool(
+        Tool(
+            name="chitty_chat_session_delete",
+            title="Delete chat session",
+            description="Delete a session and its transcript. This cannot be undone.",
+            input_schema={
+                "type": "object",
+                "properties": {"session_id": SESSION_ID},
+                "required": ["session_id"],
+                "additionalProperties": False,
+            },
+            output_schema={
+                "type": "object",
+                "properties": {"session_id": {"type": "string"}, "deleted": {"type": "boolean"}},
+                "required": ["session_id", "deleted"],
+            },
+            handler=delete,
+            destructive=True,
+            idempotent=True,
+        )
+    )

@@ -1,0 +1,1 @@
+"""Development-only helpers: the embedded PostgreSQL and `make run`. Not deployed."""

