@@ -109,8 +109,11 @@ class Tool:
             return
         location = "/".join(str(part) for part in error.absolute_path)
         field_name = location or _missing_field(error.message) or "arguments"
+        message = error.message
+        if error.validator == "pattern" and isinstance(error.schema, dict) and error.schema.get("description"):
+            message = f"{_short(repr(error.instance), 80)} is not valid here: {error.schema['description']}"
         raise ToolError(
-            f"Invalid arguments for {self.name}: {field_name}: {_short(error.message)}",
+            f"Invalid arguments for {self.name}: {field_name}: {_short(message)}",
             data={"field": field_name},
         )
 
