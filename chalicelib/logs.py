@@ -11,7 +11,7 @@ from chalicelib.config import get_settings
 
 SERVICE = "chitty-chatgpt-mcp"
 # Bearer tokens of this server and OpenAI-style keys: never written, whatever logs them.
-_SECRET = re.compile(r"(chitty_[A-Za-z0-9_-]{16,}|sk-[A-Za-z0-9_-]{16,}|Bearer\s+\S+)")
+_SECRET = re.compile(r"(chitty_[A-Za-z0-9_-]{40,}|sk-[A-Za-z0-9_-]{16,}|Bearer\s+\S+)")
 
 
 def redact(text: str) -> str:

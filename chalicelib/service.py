@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from chalicelib.mcp import HttpRequest, HttpResponse, JsonRpcError, McpServer, S
 from chalicelib.mcp.errors import UNAVAILABLE
 from chalicelib.migrate import discover
 
+SECRET_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
 INSTRUCTIONS = (
     "ChittyOS ChatGPT: ask OpenAI chat models through tools, in conversation sessions that keep "
     "their history and link to ChittyOS cases and documents. Create a session with "
@@ -50,6 +52,9 @@ def mcp_server() -> McpServer:
 def handle_mcp(request: HttpRequest) -> HttpResponse:
     """Answer POST /mcp (and refuse other methods), logging one line for the request."""
     started = time.perf_counter()
+    if logger.log_level <= logging.DEBUG:
+        headers = {name: value for name, value in request.headers.items() if name not in SECRET_HEADERS}
+        logger.debug("mcp request received", extra={"headers": headers, "body_bytes": len(request.body)})
     response = mcp_server().handle(request)
     log = response.log
     principal = log.pop("principal", None)

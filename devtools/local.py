@@ -87,6 +87,7 @@ def main() -> int:
     db = Database(url=url, queries=load_queries(SQL_DIR / "queries"))
     token = dev_token(db)
     db.discard()
+    print(f"Database:     {url}")
     print(client_config(f"http://127.0.0.1:{port}/mcp", token), flush=True)
     env = {**os.environ, "CHITTY_DATABASE_URL": url}
     command = [

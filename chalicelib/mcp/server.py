@@ -127,7 +127,10 @@ class McpServer:
         rejection = self._check_http(request)
         if rejection is not None:
             return rejection
-        principal = self.authenticate(request.header("authorization"))
+        try:
+            principal = self.authenticate(request.header("authorization"))
+        except JsonRpcError as error:
+            return self._error(None, error)
         if principal is None:
             message = "Unauthorized: send Authorization: Bearer <token>"
             challenge = "Bearer"

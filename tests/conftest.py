@@ -1,0 +1,163 @@
+"""Fixtures: a real PostgreSQL, the server under `chalice local`, users with bearer tokens."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from chalicelib import auth, migrate
+from chalicelib.db import SQL_DIR, Database, connection, load_queries
+from devtools import embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+CHALICE = str(Path(sys.executable).parent / "chalice")
+
+
+@pytest.fixture(scope="session")
+def admin_database_url() -> str:
+    """A PostgreSQL server: CHITTY_TEST_DATABASE_URL, or an embedded one under .chitty/."""
+    return os.environ.get("CHITTY_TEST_DATABASE_URL") or embedded.start(ROOT / ".chitty" / "test-pgdata")
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_database_url: str) -> Iterator[str]:
+    """A fresh database for this test run, migrated, dropped at the end."""
+    name = f"chitty_test_{os.getpid()}"
+    embedded.drop_database(admin_database_url, name)
+    url = embedded.with_database(admin_database_url, name)
+    with connection(url) as conn:
+        migrate.apply(conn)
+    yield url
+    embedded.drop_database(admin_database_url, name)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(url=database_url, queries=load_queries(SQL_DIR / "queries"))
+    yield database
+    database.discard()
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    token: str
+    token_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def make_user(db: Database) -> Callable[..., User]:
+    """Create a user with a fresh bearer token: make_user(admin=False, expires_days=None)."""
+
+    def make(admin: bool = False, expires_days: int | None = None, prefix: str = "user") -> User:
+        user_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        db.one("add_user", user_id=user_id, display_name=user_id, role="admin" if admin else "user")
+        token = auth.new_token()
+        row = db.one(
+            "issue_token", user_id=user_id, token_hash=auth.hash_token(token), label="test", expires_days=expires_days
+        )
+        assert row is not None
+        return User(user_id=user_id, token=token, token_id=str(row["id"]))
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user: Callable[..., User]) -> User:
+    return make_user(prefix="alice")
+
+
+@pytest.fixture
+def bob(make_user: Callable[..., User]) -> User:
+    return make_user(prefix="bob")
+
+
+@pytest.fixture
+def admin(make_user: Callable[..., User]) -> User:
+    return make_user(admin=True, prefix="admin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A `chalice local` process serving the app on 127.0.0.1."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base_url}/mcp"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(log_dir: Path, env: dict[str, str], wait_for_health: bool = True) -> Server:
+    """Start `chalice local` with this environment and wait until it answers."""
+    port = free_port()
+    log_path = log_dir / f"chalice-{port}.log"
+    inherited = {key: value for key, value in os.environ.items() if key != "DEBUG"}
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", "CHITTY_STAGE": "dev", **env}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [CHALICE, "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port), "--stage", "dev"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process=process, port=port, log_path=log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"chalice local exited:\n{server.log_text()}")
+        try:
+            response = httpx2.get(f"{server.base_url}/health", timeout=5)
+            if response.status_code == 200 or not wait_for_health:
+                return server
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"chalice local did not answer in time:\n{server.log_text()}")
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The app under `chalice local`, against the test database."""
+    running = start_server(tmp_path_factory.mktemp("server"), {"CHITTY_DATABASE_URL": database_url})
+    yield running
+    running.stop()
