@@ -11,9 +11,11 @@ import sys
 import uuid
 from collections.abc import Sequence
 
+from pg8000.exceptions import DatabaseError
+
 from chalicelib import auth, migrate
 from chalicelib.config import ConfigError, get_settings
-from chalicelib.db import SQL_DIR, Database, DatabaseUnavailable, load_queries
+from chalicelib.db import SQL_DIR, Database, DatabaseUnavailable, DatabaseURLError, error_message, load_queries
 
 # Admin commands may run long (a first migration, a full rollup): a generous socket timeout.
 CLI_DB_TIMEOUT = 300.0
@@ -120,8 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (ConfigError, DatabaseUnavailable, migrate.MigrationError) as error:
+    except (ConfigError, DatabaseUnavailable, DatabaseURLError, migrate.MigrationError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except DatabaseError as error:
+        # A statement the database refused (e.g. a user id its CHECK rejects): its message, no traceback.
+        print(f"error: {error_message(error)}", file=sys.stderr)
         return 1
 
 

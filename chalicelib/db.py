@@ -55,6 +55,15 @@ def sqlstate(error: BaseException) -> str | None:
     return None
 
 
+def error_message(error: BaseException) -> str:
+    """The server's one-line message of a pg8000 DatabaseError (its M field), else str(error)."""
+    if isinstance(error, DatabaseError) and error.args and isinstance(error.args[0], dict):
+        message = error.args[0].get("M")
+        if message:
+            return str(message)
+    return str(error)
+
+
 def _connection_lost(error: BaseException) -> bool:
     if isinstance(error, (InterfaceError, OSError)):
         return True

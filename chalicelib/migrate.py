@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pg8000.native
+from pg8000.exceptions import DatabaseError
 
-from chalicelib.db import SQL_DIR
+from chalicelib.db import SQL_DIR, error_message
 
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 _FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -97,6 +98,11 @@ def apply(conn: pg8000.native.Connection, migrations: list[Migration] | None = N
                     c=migration.checksum,
                 )
                 conn.run("COMMIT")
+            except DatabaseError as error:
+                conn.run("ROLLBACK")
+                raise MigrationError(
+                    f"sql/migrations/{migration.file_name} failed and was rolled back: {error_message(error)}"
+                ) from error
             except Exception:
                 conn.run("ROLLBACK")
                 raise

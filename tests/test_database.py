@@ -1,0 +1,230 @@
+"""The data layer: self-healing connections, safe retries, TLS settings from the URL, named queries."""
+
+from __future__ import annotations
+
+import ssl
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chalicelib.db import (
+    SQL_DIR,
+    Database,
+    DatabaseUnavailable,
+    DatabaseURLError,
+    Transaction,
+    connect_kwargs,
+    connection,
+    load_queries,
+)
+from tests.clients import modern_headers, modern_request, post, sse_messages
+
+BACKEND_PID = {"backend_pid": "SELECT pg_backend_pid() AS pid"}
+APPLICATION_NAME = "chitty-chatgpt-mcp"
+
+
+@pytest.fixture
+def pid_db(database_url: str) -> Iterator[Database]:
+    """A Database with the project's queries and one more: the pid of the backend serving it."""
+    database = Database(url=database_url, queries={**load_queries(SQL_DIR / "queries"), **BACKEND_PID})
+    yield database
+    database.discard()
+
+
+def terminate(database_url: str, pid: int) -> None:
+    """End a backend from another connection, waiting until it is gone."""
+    with connection(database_url) as conn:
+        assert conn.run("SELECT pg_terminate_backend(:pid, 5000)", pid=pid) == [[True]]
+
+
+def backend_pid(db: Database | Transaction) -> int:
+    row = db.one("backend_pid")
+    assert row is not None
+    return int(row["pid"])
+
+
+def user_count(database_url: str, user_id: str) -> int:
+    with connection(database_url) as conn:
+        return int(conn.run("SELECT count(*) FROM users WHERE id = :id", id=user_id)[0][0])
+
+
+def test_a_connection_the_server_dropped_is_replaced_and_the_query_succeeds(pid_db, database_url):
+    first = backend_pid(pid_db)
+    terminate(database_url, first)
+
+    second = backend_pid(pid_db)
+
+    assert second != first
+
+
+def test_a_request_after_the_server_dropped_its_connections_still_succeeds(server, alice, db, database_url):
+    def list_sessions() -> dict:
+        response = post(
+            server.mcp_url,
+            modern_request("tools/call", {"name": "chitty_chat_session_list", "arguments": {}}),
+            token=alice.token,
+            headers=modern_headers("tools/call", "chitty_chat_session_list"),
+        )
+        assert response.status_code == 200, response.text
+        if response.headers["content-type"].startswith("text/event-stream"):
+            return sse_messages(response.text)[-1]
+        return response.json()
+
+    assert not list_sessions()["result"].get("isError")
+    db.discard()  # so that the connections left to end are the server's
+    with connection(database_url) as conn:
+        ended = conn.run(
+            """SELECT pid, pg_terminate_backend(pid, 5000)
+               FROM pg_stat_activity
+               WHERE datname = current_database()
+                 AND application_name = :name
+                 AND pid <> pg_backend_pid()""",
+            name=APPLICATION_NAME,
+        )
+    assert ended, "the server had no connection to end"
+
+    answer = list_sessions()
+
+    assert "error" not in answer
+    assert not answer["result"].get("isError")
+
+
+def test_transaction_is_retried_when_the_connection_died_before_commit(pid_db, database_url):
+    user_id = f"retried-{uuid.uuid4().hex[:10]}"
+    attempts: list[int] = []
+
+    def work(tx: Transaction) -> int:
+        pid = backend_pid(tx)
+        attempts.append(pid)
+        if len(attempts) == 1:
+            terminate(database_url, pid)
+        tx.one("add_user", user_id=user_id, display_name=user_id, role="user")
+        return pid
+
+    result = pid_db.transaction(work)
+
+    assert len(attempts) == 2
+    assert result == attempts[1] != attempts[0]
+    assert user_count(database_url, user_id) == 1
+
+
+def test_transaction_is_not_retried_once_commit_was_sent(pid_db, database_url):
+    user_id = f"not-retried-{uuid.uuid4().hex[:10]}"
+    attempts: list[int] = []
+
+    def work(tx: Transaction) -> None:
+        tx.one("add_user", user_id=user_id, display_name=user_id, role="user")
+        attempts.append(backend_pid(tx))
+        # The connection dies after the work and before its COMMIT is answered.
+        terminate(database_url, attempts[-1])
+
+    with pytest.raises(DatabaseUnavailable):
+        pid_db.transaction(work)
+
+    assert len(attempts) == 1
+    assert user_count(database_url, user_id) == 0
+    assert backend_pid(pid_db) != attempts[0]
+
+
+def test_a_remote_host_without_sslmode_gets_verified_tls():
+    context = connect_kwargs("postgresql://app@db.example.com/chitty", 5)["ssl_context"]
+
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True
+
+
+def test_sslmode_require_encrypts_without_verifying():
+    context = connect_kwargs("postgresql://app@db.example.com/chitty?sslmode=require", 5)["ssl_context"]
+
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_NONE
+    assert context.check_hostname is False
+
+
+def test_sslmode_verify_ca_verifies_the_certificate_but_not_the_host_name():
+    context = connect_kwargs("postgresql://app@db.example.com/chitty?sslmode=verify-ca", 5)["ssl_context"]
+
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is False
+
+
+def test_sslmode_disable_turns_tls_off():
+    assert connect_kwargs("postgresql://app@db.example.com/chitty?sslmode=disable", 5)["ssl_context"] is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app@localhost/chitty",
+        "postgresql://app@127.0.0.1/chitty",
+        "postgresql://app@[::1]/chitty",
+        "postgresql://app@/chitty?host=/var/run/postgresql",
+    ],
+)
+def test_local_hosts_and_unix_sockets_use_no_tls_by_default(url):
+    assert connect_kwargs(url, 5)["ssl_context"] is False
+
+
+def test_a_unix_socket_url_connects_to_the_socket_in_that_directory():
+    kwargs = connect_kwargs("postgresql://app@/chitty?host=/var/run/postgresql&port=5433", 5)
+
+    assert kwargs["unix_sock"] == "/var/run/postgresql/.s.PGSQL.5433"
+    assert "host" not in kwargs
+
+
+@pytest.mark.parametrize("mode", ["prefer", "allow"])
+def test_sslmode_prefer_on_a_remote_host_still_verifies(mode):
+    context = connect_kwargs(f"postgresql://app@db.example.com/chitty?sslmode={mode}", 5)["ssl_context"]
+
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True
+
+
+def test_an_unknown_sslmode_is_refused():
+    with pytest.raises(DatabaseURLError, match="sslmode"):
+        connect_kwargs("postgresql://app@db.example.com/chitty?sslmode=maybe", 5)
+
+
+def test_a_url_with_another_scheme_is_refused():
+    with pytest.raises(DatabaseURLError, match="postgres://"):
+        connect_kwargs("mysql://app@db.example.com/chitty", 5)
+
+
+def test_user_password_database_and_port_are_parsed_and_percent_decoded():
+    kwargs = connect_kwargs("postgresql://app%40corp:p%40ss%2Fw%3Ard@db.example.com:6543/chitty%20prod", 5)
+
+    assert kwargs["user"] == "app@corp"
+    assert kwargs["password"] == "p@ss/w:rd"
+    assert kwargs["database"] == "chitty prod"
+    assert kwargs["host"] == "db.example.com"
+    assert kwargs["port"] == 6543
+
+
+def test_requiring_tls_from_a_server_without_tls_fails_instead_of_falling_back(admin_database_url):
+    with connection(admin_database_url) as conn:
+        if conn.run("SHOW ssl") != [["off"]]:
+            pytest.skip("this PostgreSQL server offers TLS")
+    separator = "&" if "?" in admin_database_url else "?"
+
+    with pytest.raises(DatabaseUnavailable):
+        Database(url=f"{admin_database_url}{separator}sslmode=require").connect()
+
+
+def test_load_queries_refuses_a_name_defined_twice(tmp_path: Path):
+    (tmp_path / "a.sql").write_text("-- name: find_thing\nSELECT 1;\n")
+    (tmp_path / "b.sql").write_text("-- name: find_thing\nSELECT 2;\n")
+
+    with pytest.raises(ValueError, match="find_thing"):
+        load_queries(tmp_path)
+
+
+def test_load_queries_refuses_a_name_defined_twice_in_one_file(tmp_path: Path):
+    (tmp_path / "a.sql").write_text("-- name: find_thing\nSELECT 1;\n\n-- name: find_thing\nSELECT 2;\n")
+
+    with pytest.raises(ValueError, match="find_thing"):
+        load_queries(tmp_path)
