@@ -68,6 +68,11 @@ def _split_host(value: str) -> tuple[str, str | None]:
     return host, port or None
 
 
+def _host_matches(host: str, pattern: str) -> bool:
+    # `[` opens a character class in fnmatch; here it is the literal bracket of an IPv6 host.
+    return fnmatch.fnmatchcase(host, pattern.replace("[", "[[]"))
+
+
 def host_allowed(host_header: str | None, allowed: Iterable[str]) -> bool:
     """Is the Host header one of ours? Entries are host names (any port), host:port, or globs."""
     if host_header is None:
@@ -77,7 +82,7 @@ def host_allowed(host_header: str | None, allowed: Iterable[str]) -> bool:
         if entry == "*":
             return True
         entry_host, entry_port = _split_host(entry)
-        if fnmatch.fnmatchcase(host, entry_host) and (entry_port is None or entry_port == port):
+        if _host_matches(host, entry_host) and (entry_port is None or entry_port == port):
             return True
     return False
 
@@ -99,7 +104,7 @@ def origin_allowed(origin: str | None, allowed: Iterable[str]) -> bool:
             return True
         want = urlsplit(entry.strip().lower())
         want_host = f"[{want.hostname}]" if want.hostname and ":" in want.hostname else want.hostname
-        if want.scheme != parts.scheme or not want_host or not fnmatch.fnmatchcase(host, want_host):
+        if want.scheme != parts.scheme or not want_host or not _host_matches(host, want_host):
             continue
         if want.port is None or want.port == port:
             return True
