@@ -25,6 +25,13 @@ class Principal:
         return self.role == "admin"
 
 
+@dataclass(frozen=True)
+class Credential:
+    """A presented bearer token, not yet checked: for tools that check it in their own first query."""
+
+    token_hash: str
+
+
 def new_token() -> str:
     """A fresh bearer token: 256 random bits, URL-safe."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -46,11 +53,17 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-def authenticate(db: Database, authorization: str | None) -> Principal | None:
-    """The principal behind an Authorization header; None when missing, unknown, expired or revoked."""
+def authenticate(db: Database, authorization: str | None, *, defer: bool = False) -> Principal | Credential | None:
+    """The principal behind an Authorization header; None when missing, unknown, expired or revoked.
+
+    With `defer`, the database is not asked: the token's hash comes back as a Credential for
+    the caller to verify in its own query.
+    """
     token = bearer_token(authorization)
     if token is None:
         return None
+    if defer:
+        return Credential(token_hash=hash_token(token))
     row = db.one("authenticate_token", token_hash=hash_token(token))
     if row is None:
         return None

@@ -17,16 +17,17 @@ from chalicelib.migrate import discover
 
 SECRET_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
 INSTRUCTIONS = (
-    "ChittyOS ChatGPT: ask OpenAI chat models through tools, in conversation sessions that keep "
-    "their history and link to ChittyOS cases and documents. Create a session with "
-    "chitty_chat_session_create, then list, read, update or delete it with the other "
-    "chitty_chat_session_* tools."
+    "ChittyOS ChatGPT: ask OpenAI chat models through tools. chatgpt_complete (or chatgpt_stream) "
+    "answers a list of messages; pass session_id to continue a conversation whose history the server "
+    "keeps. Create sessions with chitty_chat_session_create (metadata links them to ChittyOS cases "
+    "and documents). Every call's tokens and cost are recorded. Users may store their own OpenAI key "
+    "with chitty_api_key_set."
 )
 
 
-def _authenticate(authorization: str | None) -> auth.Principal | None:
+def _authenticate(authorization: str | None, defer: bool) -> auth.Principal | auth.Credential | None:
     try:
-        return auth.authenticate(get_database(), authorization)
+        return auth.authenticate(get_database(), authorization, defer=defer)
     except DatabaseUnavailable as error:
         raise JsonRpcError(UNAVAILABLE, str(error), http_status=503) from None
 
@@ -58,11 +59,12 @@ def handle_mcp(request: HttpRequest) -> HttpResponse:
     response = mcp_server().handle(request)
     log = response.log
     principal = log.pop("principal", None)
+    user = principal.user_id if isinstance(principal, auth.Principal) else log.get("user")
     fields: dict[str, Any] = {
         "http_status": response.status,
         "rpc_method": log.get("rpc_method"),
         "tool": log.get("tool"),
-        "user": principal.user_id if isinstance(principal, auth.Principal) else None,
+        "user": user,
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
     }
     for key in ("rpc_error", "is_error", "protocol_version", "id"):

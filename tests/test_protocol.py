@@ -628,7 +628,7 @@ def progress_server():
     registry.add_tool(progress_tool(STUTTER_TOOL, stutter))
     return McpServer(
         registry=registry,
-        authenticate=lambda authorization: "tester" if authorization == "Bearer secret" else None,
+        authenticate=lambda authorization, defer: "tester" if authorization == "Bearer secret" else None,
         info=ServerInfo(name="progress-test", title="Progress test", version="0", instructions="Counts."),
         allowed_hosts=(LOCAL,),
         allowed_origins=(),

@@ -20,12 +20,21 @@ UNAVAILABLE = -32004
 class JsonRpcError(Exception):
     """A request the server answers with a JSON-RPC error object (and this HTTP status)."""
 
-    def __init__(self, code: int, message: str, *, http_status: int = 200, data: Any = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        http_status: int = 200,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.http_status = http_status
         self.data = data
+        self.headers = headers or {}
 
     def to_error(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -57,3 +66,7 @@ class InvalidArguments(ToolError):
 
 class Unavailable(ToolError):
     """A dependency (database, upstream) cannot answer right now; the call changed nothing."""
+
+
+class Unauthenticated(Exception):
+    """The bearer token turned out to be unknown, expired or revoked (found by a tool that checks it itself)."""

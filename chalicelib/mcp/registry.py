@@ -25,6 +25,7 @@ class ToolCall:
     principal: Any
     progress: ProgressReporter | None = None
     request_id: str | int | None = None
+    log_fields: dict[str, Any] = field(default_factory=dict)
 
     def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
         """Send notifications/progress when the client asked for it; otherwise a no-op."""
@@ -69,6 +70,9 @@ class Tool:
     destructive: bool = False
     idempotent: bool = False
     open_world: bool = False
+    # The handler checks the bearer token in its own first query (saving a round trip); it receives
+    # the caller's unverified credential and raises Unauthenticated if the token is not live.
+    verifies_credentials: bool = False
     _validator: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

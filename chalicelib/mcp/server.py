@@ -27,6 +27,7 @@ from chalicelib.mcp.errors import (
     UNSUPPORTED_PROTOCOL_VERSION,
     JsonRpcError,
     ToolError,
+    Unauthenticated,
 )
 from chalicelib.mcp.http import (
     MAX_BODY_BYTES,
@@ -97,6 +98,36 @@ def _decode_header_value(value: str) -> str:
     return value
 
 
+def _read_message(body: bytes) -> dict[str, Any]:
+    """The one JSON-RPC message of a body: a request, a notification, or a client's response."""
+    try:
+        message = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise JsonRpcError(PARSE_ERROR, "Parse error: the body is not valid JSON", http_status=400) from None
+    if isinstance(message, list):
+        raise JsonRpcError(INVALID_REQUEST, "Invalid Request: batches are not supported", http_status=400)
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        raise JsonRpcError(INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object", http_status=400)
+    if "method" not in message:
+        if _is_valid_id(message.get("id")) and ("result" in message or "error" in message):
+            return message
+        raise JsonRpcError(INVALID_REQUEST, "Invalid Request: no method", http_status=400)
+    if not isinstance(message["method"], str) or not message["method"]:
+        raise JsonRpcError(INVALID_REQUEST, "Invalid Request: method must be a string", http_status=400)
+    return message
+
+
+def _unauthorized(token_presented: bool) -> JsonRpcError:
+    if token_presented:
+        message, challenge = (
+            "Unauthorized: the bearer token is unknown, expired or revoked",
+            'Bearer error="invalid_token"',
+        )
+    else:
+        message, challenge = "Unauthorized: send Authorization: Bearer <token>", "Bearer"
+    return JsonRpcError(UNAUTHORIZED, message, http_status=401, headers={"WWW-Authenticate": challenge})
+
+
 def _is_valid_id(value: object) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
@@ -127,27 +158,25 @@ class McpServer:
         rejection = self._check_http(request)
         if rejection is not None:
             return rejection
+        authorization = request.header("authorization")
+        if not authorization:
+            return self._error(None, _unauthorized(token_presented=False))
+        log: dict[str, Any] = {}
         try:
-            principal = self.authenticate(request.header("authorization"))
-        except JsonRpcError as error:
-            return self._error(None, error)
-        if principal is None:
-            message = "Unauthorized: send Authorization: Bearer <token>"
-            challenge = "Bearer"
-            if request.header("authorization"):
-                message = "Unauthorized: the bearer token is unknown, expired or revoked"
-                challenge = 'Bearer error="invalid_token"'
-            return self._error(
-                None, JsonRpcError(UNAUTHORIZED, message, http_status=401), {"WWW-Authenticate": challenge}
-            )
-        log: dict[str, Any] = {"principal": principal}
-        try:
-            response = self._handle_message(request, principal, log)
+            response = self._handle_message(request, authorization, log)
         except JsonRpcError as error:
             response = self._error(log.get("id"), error)
             log["rpc_error"] = error.code
         response.log.update(log)
         return response
+
+    def _principal(self, authorization: str, log: dict[str, Any], *, defer: bool = False) -> Any:
+        """The caller, or a 401 error. With `defer`, an unverified credential the tool will check."""
+        principal = self.authenticate(authorization, defer)
+        if principal is None:
+            raise _unauthorized(token_presented=True)
+        log["principal"] = principal
+        return principal
 
     def _check_http(self, request: HttpRequest) -> HttpResponse | None:
         if not host_allowed(request.header("host"), self.allowed_hosts):
@@ -175,32 +204,32 @@ class McpServer:
     def _error(
         self, request_id: str | int | None, error: JsonRpcError, headers: dict[str, str] | None = None
     ) -> HttpResponse:
-        response = json_response(error.http_status, _rpc_error(request_id, error), headers)
+        response = json_response(error.http_status, _rpc_error(request_id, error), {**error.headers, **(headers or {})})
         response.log["rpc_error"] = error.code
         return response
 
     # JSON-RPC
 
-    def _handle_message(self, request: HttpRequest, principal: Any, log: dict[str, Any]) -> HttpResponse:
+    def _handle_message(self, request: HttpRequest, authorization: str, log: dict[str, Any]) -> HttpResponse:
         try:
-            message = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            raise JsonRpcError(PARSE_ERROR, "Parse error: the body is not valid JSON", http_status=400) from None
-        if isinstance(message, list):
-            raise JsonRpcError(INVALID_REQUEST, "Invalid Request: batches are not supported", http_status=400)
-        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-            raise JsonRpcError(INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object", http_status=400)
-        if "method" not in message:
-            if _is_valid_id(message.get("id")) and ("result" in message or "error" in message):
-                log["rpc_method"] = "(response)"
-                return HttpResponse(status=202)
-            raise JsonRpcError(INVALID_REQUEST, "Invalid Request: no method", http_status=400)
-        method = message["method"]
-        if not isinstance(method, str) or not method:
-            raise JsonRpcError(INVALID_REQUEST, "Invalid Request: method must be a string", http_status=400)
+            message = _read_message(request.body)
+        except JsonRpcError:
+            self._principal(authorization, log)  # an unauthenticated caller learns nothing about its body
+            raise
+        method = message.get("method")
+        if method is None:
+            self._principal(authorization, log)
+            log["rpc_method"] = "(response)"
+            return HttpResponse(status=202)
         log["rpc_method"] = method
         if "id" not in message:
+            self._principal(authorization, log)
             return HttpResponse(status=202)  # A notification: accepted, nothing to answer.
+        params = message.get("params", {})
+        tool = (
+            self.registry.tools.get(params.get("name")) if method == "tools/call" and isinstance(params, dict) else None
+        )
+        principal = self._principal(authorization, log, defer=tool is not None and tool.verifies_credentials)
         request_id = message["id"]
         if not _is_valid_id(request_id):
             raise JsonRpcError(INVALID_REQUEST, "Invalid Request: id must be a string or an integer", http_status=400)
@@ -367,8 +396,11 @@ class McpServer:
         try:
             tool.validate(arguments)
             answer = tool.handler(call)
+        except Unauthenticated:
+            raise _unauthorized(token_presented=True) from None
         except ToolError as error:
             log["is_error"] = True
+            log.update(call.log_fields)
             return error_result(error)
         except JsonRpcError:
             raise
@@ -376,6 +408,7 @@ class McpServer:
             self.logger.exception("tool failed", extra={"tool": name})
             raise JsonRpcError(INTERNAL_ERROR, "Internal error", http_status=500) from None
         log["is_error"] = False
+        log.update(call.log_fields)
         return answer.to_result() if isinstance(answer, ToolResult) else ToolResult(structured=answer).to_result()
 
 
