@@ -7,15 +7,26 @@ so scripts can take them with `tail -n 1`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import uuid
 from collections.abc import Sequence
+from decimal import Decimal
 
 from pg8000.exceptions import DatabaseError
 
 from chalicelib import auth, migrate
 from chalicelib.config import ConfigError, get_settings
-from chalicelib.db import SQL_DIR, Database, DatabaseUnavailable, DatabaseURLError, error_message, load_queries
+from chalicelib.crypto import EncryptionKeyError, SealBroken, Sealed, Sealer, parse_key
+from chalicelib.db import (
+    SQL_DIR,
+    Database,
+    DatabaseUnavailable,
+    DatabaseURLError,
+    Transaction,
+    error_message,
+    load_queries,
+)
 
 # Admin commands may run long (a first migration, a full rollup): a generous socket timeout.
 CLI_DB_TIMEOUT = 300.0
@@ -93,6 +104,61 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pricing_list(_: argparse.Namespace) -> int:
+    print(f"{'model':<24} {'input':>10} {'cached':>10} {'output':>10}  effective from  (USD per 1M tokens)")
+    for row in _database().all("list_pricing"):
+        cached = "-" if row["cached_input_per_mtok"] is None else f"{row['cached_input_per_mtok']:.4f}"
+        print(
+            f"{row['model']:<24} {row['input_per_mtok']:>10.4f} {cached:>10} {row['output_per_mtok']:>10.4f}"
+            f"  {row['effective_from']:%Y-%m-%d %H:%M}"
+        )
+    return 0
+
+
+def cmd_pricing_set(args: argparse.Namespace) -> int:
+    row = _database().one(
+        "set_pricing",
+        model=args.model,
+        input=str(args.input),
+        cached_input=None if args.cached_input is None else str(args.cached_input),
+        output=str(args.output),
+        effective_from=args.effective_from,
+    )
+    assert row is not None
+    print(
+        f"{row['model']}: input {row['input_per_mtok']}, cached input {row['cached_input_per_mtok'] or '-'}, "
+        f"output {row['output_per_mtok']} USD per 1M tokens from {row['effective_from'].isoformat()}"
+    )
+    return 0
+
+
+def cmd_keys_reencrypt(args: argparse.Namespace) -> int:
+    old = Sealer(parse_key(os.environ.get(args.old_key_env), args.old_key_env))
+    new = Sealer(parse_key(get_settings().encryption_key))
+    moved = 0
+
+    def reseal(tx: Transaction) -> None:
+        nonlocal moved
+        for row in tx.all("sealed_api_keys"):
+            if row["key_fingerprint"] == new.fingerprint:
+                continue
+            key_id = str(row["id"])
+            sealed = Sealed(bytes(row["ciphertext"]), bytes(row["nonce"]), row["key_fingerprint"])
+            resealed = new.seal(old.open(sealed, row["user_id"], key_id), row["user_id"], key_id)
+            tx.one(
+                "reseal_api_key",
+                key_id=key_id,
+                ciphertext=resealed.ciphertext,
+                nonce=resealed.nonce,
+                fingerprint=resealed.fingerprint,
+            )
+            moved += 1
+
+    _database().transaction(reseal)
+    print(f"re-encrypted {moved} stored key(s) under the key in CHITTY_ENCRYPTION_KEY")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chalicelib.cli", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id")
     revoke.set_defaults(run=cmd_token_revoke)
+
+    pricing = commands.add_parser("pricing", help="model prices").add_subparsers(dest="action", required=True)
+    pricing.add_parser("list", help="prices in force now").set_defaults(run=cmd_pricing_list)
+    price = pricing.add_parser("set", help="set a model's price (USD per million tokens) from a date on")
+    price.add_argument("model")
+    price.add_argument("--input", type=Decimal, required=True)
+    price.add_argument("--cached-input", type=Decimal, help="default: cached prompt tokens bill as input")
+    price.add_argument("--output", type=Decimal, required=True)
+    price.add_argument("--effective-from", help="ISO date or time (default: now); earlier rows keep their history")
+    price.set_defaults(run=cmd_pricing_set)
+
+    keys = commands.add_parser("keys", help="stored API keys").add_subparsers(dest="action", required=True)
+    reencrypt = keys.add_parser(
+        "reencrypt", help="move every stored key from an old encryption key to CHITTY_ENCRYPTION_KEY"
+    )
+    reencrypt.add_argument(
+        "--old-key-env", default="CHITTY_OLD_ENCRYPTION_KEY", help="variable holding the old key (base64)"
+    )
+    reencrypt.set_defaults(run=cmd_keys_reencrypt)
     return parser
 
 
@@ -122,7 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (ConfigError, DatabaseUnavailable, DatabaseURLError, migrate.MigrationError) as error:
+    except (
+        ConfigError,
+        DatabaseUnavailable,
+        DatabaseURLError,
+        EncryptionKeyError,
+        SealBroken,
+        migrate.MigrationError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except DatabaseError as error:

@@ -43,6 +43,13 @@ class Settings:
     allowed_origins: tuple[str, ...]
     debug: bool
     log_level: str
+    openai_api_key: str | None
+    openai_base_url: str | None
+    encryption_key: str | None
+    default_model: str
+    history_messages: int
+    upstream_timeout: float
+    upstream_attempts: int
 
     def require_database_url(self) -> str:
         if not self.database_url:
@@ -65,4 +72,12 @@ def get_settings() -> Settings:
         allowed_origins=_csv("CHITTY_ALLOWED_ORIGINS", LOCAL_ORIGINS),
         debug=debug,
         log_level="DEBUG" if debug else os.environ.get("LOG_LEVEL", "INFO").upper(),
+        openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+        openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
+        encryption_key=os.environ.get("CHITTY_ENCRYPTION_KEY") or None,
+        default_model=os.environ.get("CHITTY_DEFAULT_MODEL", "gpt-4o-mini"),
+        history_messages=int(os.environ.get("CHITTY_HISTORY_MESSAGES", "50")),
+        # Below API Gateway's 29 s, with room for the two database round trips.
+        upstream_timeout=float(os.environ.get("CHITTY_UPSTREAM_TIMEOUT", "24")),
+        upstream_attempts=int(os.environ.get("CHITTY_UPSTREAM_ATTEMPTS", "3")),
     )

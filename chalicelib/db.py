@@ -163,13 +163,19 @@ class Transaction:
 
 @dataclass
 class Database:
-    """A lazily opened, self-healing connection and the named queries of sql/queries/."""
+    """Self-healing connections, opened lazily, and the named queries of sql/queries/.
+
+    A Lambda container runs one request at a time, so it holds one connection for life.
+    `chalice local` answers requests on threads: each operation takes an idle connection
+    (or opens one) and gives it back, so concurrent requests never share one.
+    """
 
     url: str
     timeout: float = 10.0
     queries: dict[str, str] = field(default_factory=dict)
     round_trips: int = 0
-    _conn: pg8000.native.Connection | None = None
+    _idle: list[pg8000.native.Connection] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def connect(self) -> pg8000.native.Connection:
         """A new connection of its own (for migrations and tests); the caller closes it."""
@@ -182,32 +188,49 @@ class Database:
                 raise DatabaseUnavailable() from error
             raise
 
-    def _connection(self) -> pg8000.native.Connection:
-        if self._conn is None:
-            self._conn = self.connect()
-        return self._conn
+    def _acquire(self) -> pg8000.native.Connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self.connect()
+
+    def _release(self, conn: pg8000.native.Connection) -> None:
+        with self._lock:
+            self._idle.append(conn)
+
+    @staticmethod
+    def _close(conn: pg8000.native.Connection) -> None:
+        # The connection may already be broken; closing it is a courtesy that may fail.
+        with contextlib.suppress(Exception):
+            conn.close()
 
     def discard(self) -> None:
-        """Forget the current connection (closing it if it still answers)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            # The connection is already broken; closing it is a courtesy that may fail.
-            with contextlib.suppress(Exception):
-                conn.close()
+        """Close every idle connection; the next operation opens a fresh one."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._close(conn)
 
     def all(self, name: str, **params: Any) -> list[Row]:
         """Run one named query as its own transaction; retried once on a dropped connection."""
         for attempt in (1, 2):
-            conn = self._connection()
+            conn = self._acquire()
             try:
                 self.round_trips += 1
-                return _rows(conn, conn.run(self.queries[name], **params))
+                rows = _rows(conn, conn.run(self.queries[name], **params))
             except (InterfaceError, OSError, DatabaseError) as error:
                 if not _connection_lost(error):
+                    self._release(conn)
                     raise
-                self.discard()
+                self._close(conn)
                 if attempt == 2:
                     raise DatabaseUnavailable() from error
+                continue
+            except BaseException:
+                self._close(conn)
+                raise
+            self._release(conn)
+            return rows
         raise AssertionError("unreachable")
 
     def one(self, name: str, **params: Any) -> Row | None:
@@ -217,7 +240,7 @@ class Database:
     def transaction(self, work: Callable[[Transaction], T]) -> T:
         """Run `work` in one transaction; if the connection drops before COMMIT, run it again."""
         for attempt in (1, 2):
-            conn = self._connection()
+            conn = self._acquire()
             committing = False
             try:
                 conn.run("BEGIN")
@@ -226,10 +249,9 @@ class Database:
                 committing = True
                 conn.run("COMMIT")
                 self.round_trips += 1
-                return result
             except (InterfaceError, OSError, DatabaseError) as error:
                 if _connection_lost(error):
-                    self.discard()
+                    self._close(conn)
                     if attempt == 2 or committing:
                         raise DatabaseUnavailable() from error
                     continue
@@ -238,13 +260,17 @@ class Database:
             except BaseException:
                 self._rollback(conn)
                 raise
+            self._release(conn)
+            return result
         raise AssertionError("unreachable")
 
     def _rollback(self, conn: pg8000.native.Connection) -> None:
         try:
             conn.run("ROLLBACK")
         except (InterfaceError, OSError, DatabaseError):
-            self.discard()
+            self._close(conn)
+            return
+        self._release(conn)
 
 
 _lock = threading.Lock()

@@ -37,3 +37,5 @@ def _build() -> Logger:
 
 
 logger = _build()
+# The HTTP client under openai logs every request at INFO, outside the JSON format.
+logging.getLogger("httpx").setLevel(logging.WARNING)

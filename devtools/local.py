@@ -6,6 +6,7 @@ second run finds the same data, and the same token (kept in .chitty/dev-token) s
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -46,6 +47,18 @@ def dev_token(db: Database) -> str:
     token_file.touch(mode=0o600)
     token_file.write_text(token + "\n")
     return token
+
+
+def encryption_key() -> str:
+    """CHITTY_ENCRYPTION_KEY if set, else a development key kept in .chitty/encryption-key."""
+    if os.environ.get("CHITTY_ENCRYPTION_KEY"):
+        return os.environ["CHITTY_ENCRYPTION_KEY"]
+    key_file = STATE / "encryption-key"
+    if not key_file.exists():
+        STATE.mkdir(exist_ok=True)
+        key_file.touch(mode=0o600)
+        key_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    return key_file.read_text().strip()
 
 
 def client_config(url: str, token: str) -> str:
@@ -89,7 +102,7 @@ def main() -> int:
     db.discard()
     print(f"Database:     {url}")
     print(client_config(f"http://127.0.0.1:{port}/mcp", token), flush=True)
-    env = {**os.environ, "CHITTY_DATABASE_URL": url}
+    env = {**os.environ, "CHITTY_DATABASE_URL": url, "CHITTY_ENCRYPTION_KEY": encryption_key()}
     command = [
         str(Path(sys.executable).parent / "chalice"),
         "local",

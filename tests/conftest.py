@@ -18,9 +18,13 @@ import pytest
 from chalicelib import auth, migrate
 from chalicelib.db import SQL_DIR, Database, connection, load_queries
 from devtools import embedded
+from devtools.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE = str(Path(sys.executable).parent / "chalice")
+SERVER_OPENAI_KEY = "sk-server-" + "s" * 24 + "SRVK"
+# A fixed test-only encryption key (32 bytes of base64), so tests can open what the server sealed.
+ENCRYPTION_KEY = "dGVzdC1vbmx5LWVuY3J5cHRpb24ta2V5LTMyLWJ5dGU="
 
 
 @pytest.fixture(scope="session")
@@ -156,8 +160,33 @@ def start_server(log_dir: Path, env: dict[str, str], wait_for_health: bool = Tru
 
 
 @pytest.fixture(scope="session")
-def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The app under `chalice local`, against the test database."""
-    running = start_server(tmp_path_factory.mktemp("server"), {"CHITTY_DATABASE_URL": database_url})
+def fake_openai_server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_openai(fake_openai_server: FakeOpenAI) -> FakeOpenAI:
+    """The local OpenAI-compatible server the app talks to, with no scripts or recordings left over."""
+    fake_openai_server.reset()
+    return fake_openai_server
+
+
+def server_env(database_url: str, fake: FakeOpenAI) -> dict[str, str]:
+    """The environment of a server that uses this database and this fake OpenAI."""
+    return {
+        "CHITTY_DATABASE_URL": database_url,
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": SERVER_OPENAI_KEY,
+        "CHITTY_ENCRYPTION_KEY": ENCRYPTION_KEY,
+    }
+
+
+@pytest.fixture(scope="session")
+def server(
+    database_url: str, fake_openai_server: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The app under `chalice local`, against the test database and the fake OpenAI."""
+    running = start_server(tmp_path_factory.mktemp("server"), server_env(database_url, fake_openai_server))
     yield running
     running.stop()

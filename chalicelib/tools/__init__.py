@@ -8,7 +8,7 @@ from typing import Any
 from chalicelib.db import Database, DatabaseUnavailable
 from chalicelib.mcp import Registry, ToolCall, ToolResult, Unavailable
 from chalicelib.mcp.registry import ToolHandler
-from chalicelib.tools import sessions
+from chalicelib.tools import chat, keys, sessions
 
 
 def _database_errors_as_results(handler: ToolHandler) -> ToolHandler:
@@ -25,7 +25,9 @@ def _database_errors_as_results(handler: ToolHandler) -> ToolHandler:
 def build_registry(db: Database) -> Registry:
     """Every tool of the server, bound to a database."""
     registry = Registry()
+    chat.register(registry, db)
     sessions.register(registry, db)
+    keys.register(registry, db)
     for tool in registry.tools.values():
         tool.handler = _database_errors_as_results(tool.handler)
     return registry

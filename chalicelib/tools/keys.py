@@ -1,0 +1,134 @@
+"""Users' own OpenAI keys: stored sealed, listed masked, revoked on request."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from chalicelib.db import Database
+from chalicelib.mcp import NotFound, Registry, Tool, ToolCall
+from chalicelib.tools.access import UUID_PATTERN, principal
+from chalicelib.tools.chat import sealer
+from chalicelib.tools.records import jsonable
+
+KEY = {
+    "type": "object",
+    "properties": {
+        "key_id": {"type": "string"},
+        "label": {"type": ["string", "null"]},
+        "masked_key": {"type": "string"},
+        "last_four": {"type": "string"},
+        "status": {"type": "string", "enum": ["active", "revoked"]},
+        "created_at": {"type": "string"},
+        "revoked_at": {"type": ["string", "null"]},
+        "last_used_at": {"type": ["string", "null"]},
+    },
+    "required": ["key_id", "masked_key", "last_four", "status"],
+}
+
+
+def _key_record(row: dict[str, Any]) -> dict[str, Any]:
+    return jsonable(
+        {
+            "key_id": row["id"],
+            "label": row["label"],
+            "masked_key": f"sk-...{row['last_four']}",
+            "last_four": row["last_four"],
+            "status": row["status"],
+            "created_at": row["created_at"],
+            "revoked_at": row.get("revoked_at"),
+            "last_used_at": row.get("last_used_at"),
+        }
+    )
+
+
+def register(registry: Registry, db: Database) -> None:
+    """Add chitty_api_key_set, chitty_api_key_list and chitty_api_key_revoke."""
+
+    def set_key(call: ToolCall) -> dict[str, Any]:
+        user_id = principal(call).user_id
+        secret = call.arguments["api_key"]
+        key_id = str(uuid.uuid4())
+        sealed = sealer().seal(secret, user_id, key_id)
+        row = db.one(
+            "store_api_key",
+            key_id=key_id,
+            user_id=user_id,
+            label=call.arguments.get("label"),
+            last_four=secret[-4:],
+            ciphertext=sealed.ciphertext,
+            nonce=sealed.nonce,
+            fingerprint=sealed.fingerprint,
+        )
+        assert row is not None
+        return {**_key_record(row), "replaced_key_id": row["replaced_key_id"]}
+
+    def list_keys(call: ToolCall) -> dict[str, Any]:
+        rows = db.all("list_api_keys", user_id=principal(call).user_id)
+        return {"keys": [_key_record(row) for row in rows]}
+
+    def revoke_key(call: ToolCall) -> dict[str, Any]:
+        row = db.one("revoke_api_key", key_id=call.arguments["key_id"], user_id=principal(call).user_id)
+        if row is None:
+            raise NotFound(f"No API key {call.arguments['key_id']}.")
+        return _key_record(row)
+
+    registry.add_tool(
+        Tool(
+            name="chitty_api_key_set",
+            title="Store your OpenAI API key",
+            description=(
+                "Store your own OpenAI API key (encrypted with AES-256-GCM); your completions use it instead of "
+                "the server's. Setting a new key revokes the previous one. Only the last four characters are "
+                "ever shown again."
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "api_key": {"type": "string", "minLength": 8, "maxLength": 512, "pattern": "^\\S+$"},
+                    "label": {"type": "string", "maxLength": 100},
+                },
+                "required": ["api_key"],
+                "additionalProperties": False,
+            },
+            output_schema={
+                "type": "object",
+                "properties": {**KEY["properties"], "replaced_key_id": {"type": ["string", "null"]}},
+                "required": KEY["required"],
+            },
+            handler=set_key,
+        )
+    )
+    registry.add_tool(
+        Tool(
+            name="chitty_api_key_list",
+            title="List your OpenAI API keys",
+            description="Your stored OpenAI keys, masked to their last four characters, newest first.",
+            input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+            output_schema={
+                "type": "object",
+                "properties": {"keys": {"type": "array", "items": KEY}},
+                "required": ["keys"],
+            },
+            handler=list_keys,
+            read_only=True,
+            idempotent=True,
+        )
+    )
+    registry.add_tool(
+        Tool(
+            name="chitty_api_key_revoke",
+            title="Revoke an OpenAI API key",
+            description="Revoke one of your stored keys; completions fall back to the server's key.",
+            input_schema={
+                "type": "object",
+                "properties": {"key_id": {"type": "string", "pattern": UUID_PATTERN, "description": "A UUID."}},
+                "required": ["key_id"],
+                "additionalProperties": False,
+            },
+            output_schema=KEY,
+            handler=revoke_key,
+            destructive=True,
+            idempotent=True,
+        )
+    )

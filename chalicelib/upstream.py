@@ -1,0 +1,318 @@
+"""Chat completions from OpenAI (or any OpenAI-compatible endpoint) through the openai SDK.
+
+Retries are ours, not the SDK's, so that every attempt fits inside one deadline that keeps
+the whole call under API Gateway's 29 seconds: 429 waits as long as Retry-After says when
+that fits, 5xx, timeouts and connection resets back off exponentially, and anything that
+cannot be retried in time becomes an UpstreamError with a message the user can act on.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+from chalicelib.logs import redact
+
+if TYPE_CHECKING:
+    import httpx
+    from openai import OpenAI
+
+
+class UpstreamError(Exception):
+    """The model could not answer. `message` is safe to show; nothing here holds a key."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        partial_content: str | None = None,
+        latency_ms: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.partial_content = partial_content
+        self.latency_ms = latency_ms
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Reply:
+    content: str
+    model: str
+    finish_reason: str | None
+    usage: Usage
+    request_id: str | None
+    latency_ms: int
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """What to ask: the full message list and the sampling settings."""
+
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": self.messages}
+        if self.max_tokens is not None:
+            body["max_completion_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.top_p is not None:
+            body["top_p"] = self.top_p
+        return body
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (about four characters a token) for when upstream reports none."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def estimate_usage(messages: list[dict[str, str]], reply: str) -> Usage:
+    prompt = sum(estimate_tokens(message.get("content") or "") + 4 for message in messages)
+    return Usage(prompt_tokens=prompt, completion_tokens=estimate_tokens(reply), estimated=True)
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    """Seconds to wait, from retry-after-ms or Retry-After (seconds or an HTTP date)."""
+    if response is None:
+        return None
+    headers = response.headers
+    try:
+        if headers.get("retry-after-ms"):
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def _client(api_key: str, base_url: str | None) -> OpenAI:
+    # One client per key and endpoint per container: warm invocations reuse its connections.
+    from openai import OpenAI
+
+    return OpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+
+
+def _last_four(api_key: str) -> str:
+    return api_key[-4:]
+
+
+@dataclass
+class Upstream:
+    """An OpenAI-compatible endpoint with a time budget per call."""
+
+    base_url: str | None
+    attempt_timeout: float = 25.0
+    deadline: float = 25.0
+    max_attempts: int = 3
+    backoff: float = 0.25
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+
+    def complete(
+        self,
+        api_key: str,
+        request: CompletionRequest,
+        *,
+        stream: bool = False,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """Ask for one completion, retrying what may be retried within the deadline."""
+        import openai
+
+        started = time.monotonic()
+        client = _client(api_key, self.base_url)
+        received: list[str] = []
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = self.deadline - (time.monotonic() - started)
+            timeout = max(0.5, min(self.attempt_timeout, remaining))
+            wait: float | None = None
+            try:
+                if stream:
+                    return self._stream(client, request, timeout, started, received, on_delta)
+                return self._once(client, request, timeout, started)
+            except openai.AuthenticationError as error:
+                raise UpstreamError(
+                    f"OpenAI rejected the API key ending in ...{_last_four(api_key)} (401). "
+                    "Set a working key with chitty_api_key_set, or revoke yours to use the server's.",
+                    status=401,
+                    latency_ms=_ms(started),
+                ) from error
+            except openai.RateLimitError as error:
+                wait = _retry_after(error.response)
+                if _error_code(error) == "insufficient_quota":
+                    raise UpstreamError(
+                        "OpenAI says the account behind this key is out of quota (429 insufficient_quota).",
+                        status=429,
+                        latency_ms=_ms(started),
+                    ) from error
+                delay = wait if wait is not None else self._backoff(attempt)
+                if received or not self._fits(attempt, started, delay):
+                    after = wait if wait is not None else delay
+                    raise UpstreamError(
+                        f"OpenAI is rate limiting this key (429); retry after {max(1, round(after))} s.",
+                        status=429,
+                        retry_after=after,
+                        latency_ms=_ms(started),
+                    ) from error
+            except (openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError) as error:
+                status = getattr(error, "status_code", None)
+                delay = self._backoff(attempt)
+                if received:
+                    raise UpstreamError(
+                        f"The OpenAI stream broke after {sum(map(len, received))} characters; "
+                        "the reply is incomplete. Ask again.",
+                        status=status,
+                        partial_content="".join(received),
+                        latency_ms=_ms(started),
+                    ) from error
+                if not self._fits(attempt, started, delay):
+                    raise UpstreamError(
+                        _transient_message(error, attempt), status=status, latency_ms=_ms(started)
+                    ) from error
+            except openai.APIStatusError as error:
+                raise UpstreamError(
+                    f"OpenAI refused the request ({error.status_code}): {redact(_error_message(error))}",
+                    status=error.status_code,
+                    latency_ms=_ms(started),
+                ) from error
+            self.sleep(wait if wait is not None else self._backoff(attempt))
+
+    def _fits(self, attempt: int, started: float, delay: float) -> bool:
+        """Is there another attempt left, and time for the wait plus a useful attempt?"""
+        if attempt >= self.max_attempts:
+            return False
+        return time.monotonic() - started + delay + 1.0 < self.deadline
+
+    def _backoff(self, attempt: int) -> float:
+        return self.backoff * (2 ** (attempt - 1)) * (1 + random.random() / 2)
+
+    def _once(self, client: OpenAI, request: CompletionRequest, timeout: float, started: float) -> Reply:
+        completion = client.with_options(timeout=timeout).chat.completions.create(**request.body())
+        choice = completion.choices[0] if completion.choices else None
+        content = (choice.message.content or "") if choice else ""
+        usage = _usage(completion.usage) or estimate_usage(request.messages, content)
+        return Reply(
+            content=content,
+            model=completion.model or request.model,
+            finish_reason=choice.finish_reason if choice else None,
+            usage=usage,
+            request_id=getattr(completion, "_request_id", None),
+            latency_ms=_ms(started),
+        )
+
+    def _stream(
+        self,
+        client: OpenAI,
+        request: CompletionRequest,
+        timeout: float,
+        started: float,
+        received: list[str],
+        on_delta: Callable[[str], None] | None,
+    ) -> Reply:
+        chunks = client.with_options(timeout=timeout).chat.completions.create(
+            **request.body(), stream=True, stream_options={"include_usage": True}
+        )
+        model, finish_reason, usage = request.model, None, None
+        with chunks:
+            for chunk in chunks:
+                model = chunk.model or model
+                if chunk.usage is not None:
+                    usage = _usage(chunk.usage)
+                for choice in chunk.choices:
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+                    delta = choice.delta.content if choice.delta else None
+                    if delta:
+                        received.append(delta)
+                        if on_delta is not None:
+                            on_delta(delta)
+            request_id = getattr(chunks, "_request_id", None) or chunks.response.headers.get("x-request-id")
+        content = "".join(received)
+        return Reply(
+            content=content,
+            model=model,
+            finish_reason=finish_reason,
+            usage=usage or estimate_usage(request.messages, content),
+            request_id=request_id,
+            latency_ms=_ms(started),
+        )
+
+
+def _usage(usage: Any) -> Usage | None:
+    if usage is None:
+        return None
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    return Usage(
+        prompt_tokens=usage.prompt_tokens or 0,
+        completion_tokens=usage.completion_tokens or 0,
+        cached_tokens=(getattr(prompt_details, "cached_tokens", None) or 0) if prompt_details else 0,
+        reasoning_tokens=(getattr(completion_details, "reasoning_tokens", None) or 0) if completion_details else 0,
+    )
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _error_body(error: Any) -> dict[str, Any]:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        return inner if isinstance(inner, dict) else {}
+    return {}
+
+
+def _error_code(error: Any) -> str | None:
+    code = _error_body(error).get("code") or getattr(error, "code", None)
+    return str(code) if code else None
+
+
+def _error_message(error: Any) -> str:
+    message = _error_body(error).get("message") or getattr(error, "message", "") or "no details"
+    return str(message)[:300]
+
+
+def _transient_message(error: Exception, attempts: int) -> str:
+    import openai
+
+    if isinstance(error, openai.APITimeoutError):
+        what = "did not answer in time"
+    elif isinstance(error, openai.APIConnectionError):
+        what = "could not be reached (connection failed)"
+    else:
+        what = f"failed ({getattr(error, 'status_code', '5xx')})"
+    return f"OpenAI {what} after {attempts} attempt{'s' if attempts > 1 else ''}; try again shortly."

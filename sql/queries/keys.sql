@@ -1,0 +1,27 @@
+-- name: store_api_key
+-- Setting a key rotates: the user's active key is revoked in the same statement.
+WITH revoked AS (
+    UPDATE api_keys SET status = 'revoked', revoked_at = now()
+    WHERE user_id = :user_id AND status = 'active'
+    RETURNING id
+)
+INSERT INTO api_keys (id, user_id, label, last_four, ciphertext, nonce, key_fingerprint)
+SELECT CAST(:key_id AS uuid), :user_id, CAST(:label AS text), :last_four, :ciphertext, :nonce, :fingerprint
+RETURNING id, label, last_four, status, created_at, (SELECT min(CAST(id AS text)) FROM revoked) AS replaced_key_id;
+
+-- name: list_api_keys
+SELECT id, label, last_four, status, created_at, revoked_at, last_used_at
+FROM api_keys WHERE user_id = :user_id
+ORDER BY created_at DESC, id;
+
+-- name: revoke_api_key
+UPDATE api_keys SET status = 'revoked', revoked_at = coalesce(revoked_at, now())
+WHERE id = CAST(:key_id AS uuid) AND user_id = :user_id
+RETURNING id, label, last_four, status, created_at, revoked_at, last_used_at;
+
+-- name: sealed_api_keys
+SELECT id, user_id, ciphertext, nonce, key_fingerprint FROM api_keys ORDER BY id FOR UPDATE;
+
+-- name: reseal_api_key
+UPDATE api_keys SET ciphertext = :ciphertext, nonce = :nonce, key_fingerprint = :fingerprint
+WHERE id = CAST(:key_id AS uuid);
