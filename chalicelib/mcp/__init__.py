@@ -2,7 +2,7 @@
 
 from chalicelib.mcp.errors import Forbidden, InvalidArguments, JsonRpcError, NotFound, ToolError, Unavailable
 from chalicelib.mcp.http import HttpRequest, HttpResponse
-from chalicelib.mcp.registry import Registry, Tool, ToolCall, ToolResult
+from chalicelib.mcp.registry import Registry, ResourceFamily, Tool, ToolCall, ToolResult
 from chalicelib.mcp.server import SUPPORTED_VERSIONS, McpServer, ServerInfo
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "McpServer",
     "NotFound",
     "Registry",
+    "ResourceFamily",
     "ServerInfo",
     "Tool",
     "ToolCall",

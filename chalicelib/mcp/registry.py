@@ -135,16 +135,51 @@ def _short(message: str, limit: int = 200) -> str:
 
 
 @dataclass
+class ResourceFamily:
+    """Readable resources under one URI template (e.g. chitty://sessions/{session_id}).
+
+    `list_for` gives the caller's resources (each {uri, name, title?, description?, mimeType?});
+    `read_for` gives {uri, mimeType, text} for one of them, or None when the caller may not
+    see it or it does not exist (the two are not told apart).
+    """
+
+    uri_template: str
+    name: str
+    title: str
+    description: str
+    mime_type: str
+    list_for: Callable[[Any], list[dict[str, Any]]]
+    read_for: Callable[[Any, str], dict[str, Any] | None]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "uriTemplate": self.uri_template,
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "mimeType": self.mime_type,
+        }
+
+    def owns(self, uri: str) -> bool:
+        return uri.startswith(self.uri_template.split("{", 1)[0])
+
+
+@dataclass
 class Registry:
     """Everything the server offers. Tools register themselves here; mcp/ never imports them."""
 
     tools: dict[str, Tool] = field(default_factory=dict)
+    resources: list[ResourceFamily] = field(default_factory=list)
 
     def add_tool(self, tool: Tool) -> Tool:
         if tool.name in self.tools:
             raise ValueError(f"tool {tool.name!r} registered twice")
         self.tools[tool.name] = tool
         return tool
+
+    def add_resources(self, family: ResourceFamily) -> ResourceFamily:
+        self.resources.append(family)
+        return family
 
     def tool(self, name: str) -> Tool:
         try:

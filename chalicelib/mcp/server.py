@@ -23,6 +23,7 @@ from chalicelib.mcp.errors import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
+    RESOURCE_NOT_FOUND,
     UNAUTHORIZED,
     UNSUPPORTED_PROTOCOL_VERSION,
     JsonRpcError,
@@ -322,6 +323,14 @@ class McpServer:
             }
         else:
             handlers = {"initialize": self._initialize, "ping": lambda _: {}, "tools/list": self._tools_list}
+        if self.registry.resources:
+            handlers.update(
+                {
+                    "resources/list": self._resources_list,
+                    "resources/templates/list": self._resource_templates_list,
+                    "resources/read": self._resources_read,
+                }
+            )
         if method == "tools/call":
             result = self._tools_call(request, events, log)
         elif method in handlers:
@@ -339,7 +348,47 @@ class McpServer:
         return {"name": self.info.name, "title": self.info.title, "version": self.info.version}
 
     def _capabilities(self) -> dict[str, Any]:
-        return {"tools": {"listChanged": False}}
+        capabilities: dict[str, Any] = {"tools": {"listChanged": False}}
+        if self.registry.resources:
+            capabilities["resources"] = {"subscribe": False, "listChanged": False}
+        return capabilities
+
+    def _no_cursor(self, request: _Request) -> None:
+        if request.params.get("cursor") is not None:
+            raise JsonRpcError(
+                INVALID_PARAMS, "Invalid params: unknown cursor (this list has one page)", http_status=400
+            )
+
+    def _resources_list(self, request: _Request) -> dict[str, Any]:
+        self._no_cursor(request)
+        listed = [entry for family in self.registry.resources for entry in family.list_for(request.principal)]
+        result: dict[str, Any] = {"resources": listed}
+        if request.modern:
+            result.update(ttlMs=0, cacheScope="private")
+        return result
+
+    def _resource_templates_list(self, request: _Request) -> dict[str, Any]:
+        self._no_cursor(request)
+        result: dict[str, Any] = {"resourceTemplates": [family.describe() for family in self.registry.resources]}
+        if request.modern:
+            result.update(ttlMs=TOOLS_LIST_TTL_MS, cacheScope="public")
+        return result
+
+    def _resources_read(self, request: _Request) -> dict[str, Any]:
+        status = 400 if request.modern else 200
+        uri = request.params.get("uri")
+        if not isinstance(uri, str) or not uri:
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: uri must be a string", http_status=status)
+        family = next((family for family in self.registry.resources if family.owns(uri)), None)
+        contents = family.read_for(request.principal, uri) if family else None
+        if contents is None:
+            # 2026-07-28 answers a missing resource with -32602; the handshake era used -32002.
+            code = INVALID_PARAMS if request.modern else RESOURCE_NOT_FOUND
+            raise JsonRpcError(code, "Resource not found", http_status=status, data={"uri": uri})
+        result: dict[str, Any] = {"contents": [contents]}
+        if request.modern:
+            result.update(ttlMs=0, cacheScope="private")
+        return result
 
     def _initialize(self, request: _Request) -> dict[str, Any]:
         requested = request.params.get("protocolVersion")
@@ -363,10 +412,7 @@ class McpServer:
         }
 
     def _tools_list(self, request: _Request) -> dict[str, Any]:
-        if request.params.get("cursor") is not None:
-            raise JsonRpcError(
-                INVALID_PARAMS, "Invalid params: unknown cursor (tools/list has one page)", http_status=400
-            )
+        self._no_cursor(request)
         result: dict[str, Any] = {"tools": [tool.describe() for tool in self.registry.tools.values()]}
         if request.modern:
             result.update(ttlMs=TOOLS_LIST_TTL_MS, cacheScope="public")

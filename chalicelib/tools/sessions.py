@@ -13,14 +13,18 @@ import json
 import uuid
 from typing import Any
 
+from chalicelib.auth import Principal
 from chalicelib.db import Database
 from chalicelib.mcp.errors import InvalidArguments, NotFound
-from chalicelib.mcp.registry import Registry, Tool, ToolCall
+from chalicelib.mcp.registry import Registry, ResourceFamily, Tool, ToolCall
 from chalicelib.tools.access import USER_ID_SCHEMA, UUID_PATTERN, acting_user, caller_params
 from chalicelib.tools.records import session_record
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
+RESOURCE_PREFIX = "chitty://sessions/"
+RECENT_RESOURCES = 50
+TRANSCRIPT_MESSAGES = 500
 
 SESSION_ID = {"type": "string", "pattern": UUID_PATTERN, "description": "The session's id (a UUID)."}
 METADATA = {
@@ -67,8 +71,78 @@ def _decode_cursor(cursor: str) -> tuple[datetime.datetime, uuid.UUID]:
         raise InvalidArguments("cursor: not a cursor this server issued; pass back a next_cursor unchanged") from None
 
 
+def transcript_markdown(session: dict[str, Any], messages: list[dict[str, Any]]) -> str:
+    """A session as markdown: its facts, its system prompt, then each message in order."""
+    record = session_record(session)
+    lines = [
+        f"# {record['session_name']}",
+        "",
+        f"- Session: {record['session_id']} ({record['status']})",
+        f"- Created: {record['created_at']}; last activity: {record['last_activity_at']}",
+        f"- Messages: {record['message_count']}; tokens: {record['prompt_tokens']} prompt, "
+        f"{record['completion_tokens']} completion; cost: ${session['total_cost_usd']} USD",
+    ]
+    for key, value in sorted(record["metadata"].items()):
+        lines.append(f"- {key}: {json.dumps(value) if not isinstance(value, str) else value}")
+    if record["system_prompt"]:
+        lines += ["", "## System prompt", "", record["system_prompt"]]
+    if session["last_seq"] > len(messages) and messages:
+        lines += ["", f"_Showing the latest {len(messages)} of {session['last_seq']} messages._"]
+    for message in messages:
+        heading = f"## {message['seq']}. {message['role']}"
+        if message["role"] == "assistant" and message["model"]:
+            heading += f" ({message['model']}, {message['prompt_tokens']}+{message['completion_tokens']} tokens"
+            heading += f", ${message['cost_usd']})" if message["cost_usd"] is not None else ", unpriced)"
+        if message["status"] == "error":
+            heading += " [failed]"
+        lines += ["", heading, f"_{message['created_at'].isoformat()}_", ""]
+        if message["content"] is not None:
+            lines.append(message["content"])
+        if message["error"]:
+            lines.append(f"> Error: {message['error']}")
+    return "\n".join(lines) + "\n"
+
+
 def register(registry: Registry, db: Database) -> None:
-    """Add the session tools to the registry."""
+    """Add the session tools, and sessions as resources, to the registry."""
+
+    def session_resources(caller: Principal) -> list[dict[str, Any]]:
+        rows = db.all("recent_sessions", user_id=caller.user_id, limit=RECENT_RESOURCES)
+        return [
+            {
+                "uri": f"{RESOURCE_PREFIX}{row['id']}",
+                "name": row["session_name"],
+                "title": row["session_name"],
+                "description": f"{row['message_count']} messages, {row['status']}, "
+                f"last activity {row['last_activity_at'].isoformat()}",
+                "mimeType": "text/markdown",
+            }
+            for row in rows
+        ]
+
+    def read_session(caller: Principal, uri: str) -> dict[str, Any] | None:
+        session_id = uri.removeprefix(RESOURCE_PREFIX)
+        try:
+            uuid.UUID(session_id)
+        except ValueError:
+            return None
+        session = db.one("get_session", session_id=session_id, caller=caller.user_id, caller_is_admin=caller.is_admin)
+        if session is None:
+            return None
+        messages = db.all("session_transcript", session_id=session_id, limit=TRANSCRIPT_MESSAGES)
+        return {"uri": uri, "mimeType": "text/markdown", "text": transcript_markdown(session, messages)}
+
+    registry.add_resources(
+        ResourceFamily(
+            uri_template=RESOURCE_PREFIX + "{session_id}",
+            name="chat-session",
+            title="Chat session transcript",
+            description="A session's settings and its messages, as markdown.",
+            mime_type="text/markdown",
+            list_for=session_resources,
+            read_for=read_session,
+        )
+    )
 
     def create(call: ToolCall) -> dict[str, Any]:
         user_id = acting_user(call)

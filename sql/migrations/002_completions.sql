@@ -54,6 +54,8 @@ ALTER TABLE chat_sessions
     ADD COLUMN reasoning_tokens bigint NOT NULL DEFAULT 0;
 
 COMMENT ON COLUMN chat_sessions.model_config_id IS 'Default model settings of the session''s completions.';
+CREATE INDEX chat_sessions_user_activity_idx ON chat_sessions (user_id, last_activity_at DESC, id DESC);
+
 COMMENT ON COLUMN chat_sessions.last_seq IS 'Sequence number of the session''s latest message; the next one gets last_seq + 1.';
 
 CREATE TABLE api_keys (
@@ -259,14 +261,14 @@ BEGIN
         RETURN jsonb_build_object('error', 'unauthenticated');
     END IF;
     IF p_for_user IS NOT NULL AND p_for_user <> caller.user_id AND caller.role <> 'admin' THEN
-        RETURN jsonb_build_object('error', 'forbidden');
+        RETURN jsonb_build_object('error', 'forbidden', 'caller', caller.user_id);
     END IF;
     target := coalesce(p_for_user, caller.user_id);
     IF p_session_id IS NOT NULL THEN
         SELECT * INTO session FROM chat_sessions s
         WHERE s.id = p_session_id AND (s.user_id = caller.user_id OR caller.role = 'admin');
         IF session.id IS NULL OR (p_for_user IS NOT NULL AND session.user_id <> p_for_user) THEN
-            RETURN jsonb_build_object('error', 'session_not_found');
+            RETURN jsonb_build_object('error', 'session_not_found', 'caller', caller.user_id);
         END IF;
         target := session.user_id;
         SELECT coalesce(jsonb_agg(jsonb_build_object('role', h.role, 'content', h.content) ORDER BY h.seq), '[]')
@@ -278,12 +280,12 @@ BEGIN
             LIMIT p_history_limit
         ) h;
     ELSIF NOT EXISTS (SELECT 1 FROM users u WHERE u.id = target) THEN
-        RETURN jsonb_build_object('error', 'user_not_found');
+        RETURN jsonb_build_object('error', 'user_not_found', 'caller', caller.user_id);
     END IF;
     IF p_model_config IS NOT NULL THEN
         SELECT * INTO config FROM model_configs c WHERE c.user_id = target AND c.name = p_model_config;
         IF config.id IS NULL THEN
-            RETURN jsonb_build_object('error', 'model_config_not_found');
+            RETURN jsonb_build_object('error', 'model_config_not_found', 'caller', caller.user_id);
         END IF;
     ELSIF session.model_config_id IS NOT NULL THEN
         SELECT * INTO config FROM model_configs c WHERE c.id = session.model_config_id;

@@ -43,3 +43,22 @@ DELETE FROM chat_sessions
 WHERE id = CAST(:session_id AS uuid)
   AND (user_id = :caller OR CAST(:caller_is_admin AS boolean))
 RETURNING id;
+
+-- name: recent_sessions
+SELECT id, session_name, status, message_count, last_activity_at, metadata
+FROM chat_sessions
+WHERE user_id = :user_id
+ORDER BY last_activity_at DESC, id DESC
+LIMIT CAST(:limit AS integer);
+
+-- name: session_transcript
+-- The latest messages of a session the caller may see, oldest first.
+SELECT m.seq, m.role, m.content, m.model, m.status, m.error, m.prompt_tokens, m.completion_tokens,
+       m.cost_usd, m.created_at
+FROM (
+    SELECT * FROM chat_messages
+    WHERE session_id = CAST(:session_id AS uuid)
+    ORDER BY seq DESC
+    LIMIT CAST(:limit AS integer)
+) m
+ORDER BY m.seq;
