@@ -49,6 +49,7 @@ class Settings:
     default_model: str
     history_messages: int
     upstream_timeout: float
+    upstream_attempt_timeout: float
     upstream_attempts: int
 
     def require_database_url(self) -> str:
@@ -80,4 +81,8 @@ def get_settings() -> Settings:
         # Below API Gateway's 29 s, with room for the two database round trips.
         upstream_timeout=float(os.environ.get("CHITTY_UPSTREAM_TIMEOUT", "24")),
         upstream_attempts=int(os.environ.get("CHITTY_UPSTREAM_ATTEMPTS", "3")),
+        # One attempt may use the whole budget unless told otherwise: a slow answer is still an answer.
+        upstream_attempt_timeout=float(
+            os.environ.get("CHITTY_UPSTREAM_ATTEMPT_TIMEOUT") or os.environ.get("CHITTY_UPSTREAM_TIMEOUT", "24")
+        ),
     )

@@ -8,8 +8,11 @@ cannot be retried in time becomes an UpstreamError with a message the user can a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,9 @@ from chalicelib.logs import redact
 if TYPE_CHECKING:
     import httpx
     from openai import OpenAI
+
+
+CONNECT_TIMEOUT = 3.0
 
 
 class UpstreamError(Exception):
@@ -220,7 +226,7 @@ class Upstream:
         return self.backoff * (2 ** (attempt - 1)) * (1 + random.random() / 2)
 
     def _once(self, client: OpenAI, request: CompletionRequest, timeout: float, started: float) -> Reply:
-        completion = client.with_options(timeout=timeout).chat.completions.create(**request.body())
+        completion = client.with_options(timeout=_timeout(timeout)).chat.completions.create(**request.body())
         choice = completion.choices[0] if completion.choices else None
         content = (choice.message.content or "") if choice else ""
         usage = _usage(completion.usage) or estimate_usage(request.messages, content)
@@ -242,10 +248,47 @@ class Upstream:
         received: list[str],
         on_delta: Callable[[str], None] | None,
     ) -> Reply:
-        chunks = client.with_options(timeout=timeout).chat.completions.create(
+        chunks = client.with_options(timeout=_timeout(timeout)).chat.completions.create(
             **request.body(), stream=True, stream_options={"include_usage": True}
         )
-        model, finish_reason, usage = request.model, None, None
+        watchdog = _cut_off_at(chunks.response, started + self.deadline - time.monotonic())
+        try:
+            model, finish_reason, usage, request_id = self._read_stream(chunks, started, received, on_delta)
+        except UpstreamError:
+            raise
+        except Exception:
+            if time.monotonic() - started >= self.deadline:
+                raise self._overran(started, received) from None
+            raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        content = "".join(received)
+        return Reply(
+            content=content,
+            model=model or request.model,
+            finish_reason=finish_reason,
+            usage=usage or estimate_usage(request.messages, content),
+            request_id=request_id,
+            latency_ms=_ms(started),
+        )
+
+    def _overran(self, started: float, received: list[str]) -> UpstreamError:
+        return UpstreamError(
+            f"The OpenAI stream was still going after {self.deadline:g} s, the most one call may take; "
+            "the reply is incomplete. Ask for a shorter answer or try again.",
+            partial_content="".join(received),
+            latency_ms=_ms(started),
+        )
+
+    def _read_stream(
+        self,
+        chunks: Any,
+        started: float,
+        received: list[str],
+        on_delta: Callable[[str], None] | None,
+    ) -> tuple[str | None, str | None, Usage | None, str | None]:
+        model, finish_reason, usage = None, None, None
         with chunks:
             for chunk in chunks:
                 model = chunk.model or model
@@ -259,16 +302,35 @@ class Upstream:
                         received.append(delta)
                         if on_delta is not None:
                             on_delta(delta)
-            request_id = getattr(chunks, "_request_id", None) or chunks.response.headers.get("x-request-id")
-        content = "".join(received)
-        return Reply(
-            content=content,
-            model=model,
-            finish_reason=finish_reason,
-            usage=usage or estimate_usage(request.messages, content),
-            request_id=request_id,
-            latency_ms=_ms(started),
-        )
+                # Read timeouts only bound the gap between chunks; a steady trickle must stop at the deadline too.
+                if time.monotonic() - started > self.deadline:
+                    raise self._overran(started, received)
+            request_id = chunks.response.headers.get("x-request-id")
+        return model, finish_reason, usage, request_id
+
+
+def _timeout(seconds: float) -> Any:
+    """A whole-attempt budget, but a short connect timeout, so a dead endpoint is retried in time."""
+    from openai import Timeout
+
+    return Timeout(seconds, connect=min(CONNECT_TIMEOUT, seconds))
+
+
+def _cut_off_at(response: Any, seconds: float) -> threading.Timer | None:
+    """Shut the stream's socket when the deadline comes: a stalled read then ends at once."""
+    network = response.extensions.get("network_stream") if response is not None else None
+    sock = network.get_extra_info("socket") if network is not None else None
+    if sock is None:
+        return None
+
+    def shut() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, seconds), shut)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _usage(usage: Any) -> Usage | None:

@@ -126,7 +126,7 @@ def register(registry: Registry, db: Database) -> None:
     settings = get_settings()
     upstream = Upstream(
         base_url=settings.openai_base_url,
-        attempt_timeout=settings.upstream_timeout,
+        attempt_timeout=settings.upstream_attempt_timeout,
         deadline=settings.upstream_timeout,
         max_attempts=settings.upstream_attempts,
     )
