@@ -104,13 +104,34 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usd(price: Decimal | None) -> str:
+    """A stored price as it is, without the padding zeros of its column: 2.50, 0.075, 0.000125; '-' for none."""
+    if price is None:
+        return "-"
+    text = f"{price:f}"
+    if "." in text:
+        whole, _, fraction = text.partition(".")
+        text = f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
+    return text
+
+
+def _price(text: str) -> Decimal:
+    """An argparse type: a finite, non-negative price in USD per million tokens."""
+    try:
+        price = Decimal(text)
+    except ArithmeticError:
+        price = Decimal("NaN")
+    if not price.is_finite() or price < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a price (a number of USD per million tokens, 0 or more)")
+    return price
+
+
 def cmd_pricing_list(_: argparse.Namespace) -> int:
     print(f"{'model':<24} {'input':>10} {'cached':>10} {'output':>10}  effective from  (USD per 1M tokens)")
     for row in _database().all("list_pricing"):
-        cached = "-" if row["cached_input_per_mtok"] is None else f"{row['cached_input_per_mtok']:.4f}"
         print(
-            f"{row['model']:<24} {row['input_per_mtok']:>10.4f} {cached:>10} {row['output_per_mtok']:>10.4f}"
-            f"  {row['effective_from']:%Y-%m-%d %H:%M}"
+            f"{row['model']:<24} {_usd(row['input_per_mtok']):>10} {_usd(row['cached_input_per_mtok']):>10}"
+            f" {_usd(row['output_per_mtok']):>10}  {row['effective_from']:%Y-%m-%d %H:%M}"
         )
     return 0
 
@@ -126,14 +147,15 @@ def cmd_pricing_set(args: argparse.Namespace) -> int:
     )
     assert row is not None
     print(
-        f"{row['model']}: input {row['input_per_mtok']}, cached input {row['cached_input_per_mtok'] or '-'}, "
-        f"output {row['output_per_mtok']} USD per 1M tokens from {row['effective_from'].isoformat()}"
+        f"{row['model']}: input {_usd(row['input_per_mtok'])}, cached input {_usd(row['cached_input_per_mtok'])}, "
+        f"output {_usd(row['output_per_mtok'])} USD per 1M tokens from {row['effective_from'].isoformat()}"
     )
     return 0
 
 
 def cmd_keys_reencrypt(args: argparse.Namespace) -> int:
-    old = Sealer(parse_key(os.environ.get(args.old_key_env), args.old_key_env))
+    old_name = args.old_key_env
+    old = Sealer(parse_key(os.environ.get(old_name), old_name))
     new = Sealer(parse_key(get_settings().encryption_key))
     moved = 0
 
@@ -143,8 +165,22 @@ def cmd_keys_reencrypt(args: argparse.Namespace) -> int:
             if row["key_fingerprint"] == new.fingerprint:
                 continue
             key_id = str(row["id"])
+            # Checked before opening, so a wrong old key is named as such, not as a damaged row.
+            if row["key_fingerprint"] != old.fingerprint:
+                raise SealBroken(
+                    f"stored key {key_id} was sealed by neither {old_name} nor CHITTY_ENCRYPTION_KEY "
+                    f"(its fingerprint is {row['key_fingerprint']}, {old_name}'s is {old.fingerprint}); "
+                    "nothing was changed"
+                )
             sealed = Sealed(bytes(row["ciphertext"]), bytes(row["nonce"]), row["key_fingerprint"])
-            resealed = new.seal(old.open(sealed, row["user_id"], key_id), row["user_id"], key_id)
+            try:
+                plain = old.open(sealed, row["user_id"], key_id)
+            except SealBroken:
+                raise SealBroken(
+                    f"stored key {key_id} does not open with {old_name} although it was sealed by it "
+                    "(the row was altered); nothing was changed: delete that row, its user sets the key again"
+                ) from None
+            resealed = new.seal(plain, row["user_id"], key_id)
             tx.one(
                 "reseal_api_key",
                 key_id=key_id,
@@ -186,9 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     pricing.add_parser("list", help="prices in force now").set_defaults(run=cmd_pricing_list)
     price = pricing.add_parser("set", help="set a model's price (USD per million tokens) from a date on")
     price.add_argument("model")
-    price.add_argument("--input", type=Decimal, required=True)
-    price.add_argument("--cached-input", type=Decimal, help="default: cached prompt tokens bill as input")
-    price.add_argument("--output", type=Decimal, required=True)
+    price.add_argument("--input", type=_price, required=True)
+    price.add_argument("--cached-input", type=_price, help="default: cached prompt tokens bill as input")
+    price.add_argument("--output", type=_price, required=True)
     price.add_argument("--effective-from", help="ISO date or time (default: now); earlier rows keep their history")
     price.set_defaults(run=cmd_pricing_set)
 

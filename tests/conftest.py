@@ -28,9 +28,12 @@ ENCRYPTION_KEY = "dGVzdC1vbmx5LWVuY3J5cHRpb24ta2V5LTMyLWJ5dGU="
 
 
 @pytest.fixture(scope="session")
-def admin_database_url() -> str:
-    """A PostgreSQL server: CHITTY_TEST_DATABASE_URL, or an embedded one under .chitty/."""
-    return os.environ.get("CHITTY_TEST_DATABASE_URL") or embedded.start(ROOT / ".chitty" / "test-pgdata")
+def admin_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PostgreSQL server: CHITTY_TEST_DATABASE_URL, or an embedded one of this run's own."""
+    url = os.environ.get("CHITTY_TEST_DATABASE_URL")
+    if url:
+        return url
+    return embedded.start(tmp_path_factory.mktemp("postgres") / "data", delete_on_exit=True)
 
 
 @pytest.fixture(scope="session")
@@ -166,10 +169,17 @@ def fake_openai_server() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
-def fake_openai(fake_openai_server: FakeOpenAI) -> FakeOpenAI:
-    """The local OpenAI-compatible server the app talks to, with no scripts or recordings left over."""
+def fake_openai(fake_openai_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The local OpenAI-compatible server the app talks to, with no scripts, recordings or settings left over."""
     fake_openai_server.reset()
-    return fake_openai_server
+    yield fake_openai_server
+    fake = fake_openai_server
+    fake.reset()
+    fake.delay = fake.stream_chunk_delay = 0.0
+    fake.reply = None
+    fake.cached_tokens = fake.reasoning_tokens = 0
+    fake.served_model.clear()
+    fake.rejected_keys.clear()
 
 
 def server_env(database_url: str, fake: FakeOpenAI) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 from chalicelib.db import Database, DatabaseUnavailable
 from chalicelib.mcp import Registry, ToolCall, ToolResult, Unavailable
 from chalicelib.mcp.registry import ToolHandler
-from chalicelib.tools import chat, keys, sessions
+from chalicelib.tools import chat, keys, limits, sessions
 
 
 def _database_errors_as_results(handler: ToolHandler) -> ToolHandler:
@@ -28,6 +28,7 @@ def build_registry(db: Database) -> Registry:
     chat.register(registry, db)
     sessions.register(registry, db)
     keys.register(registry, db)
+    limits.register(registry, db)
     for tool in registry.tools.values():
         tool.handler = _database_errors_as_results(tool.handler)
     return registry

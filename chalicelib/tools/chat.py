@@ -12,6 +12,8 @@ import base64
 import functools
 import json
 import uuid
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from chalicelib import auth
@@ -78,14 +80,68 @@ OUTPUT_SCHEMA = {
     },
     "required": ["content", "model", "usage", "cost_usd", "session_id", "message_ids", "latency_ms"],
 }
-_PREPARE_ERRORS = {
-    "forbidden": lambda args: Forbidden("Only admins may act for another user; leave user_id out to act for yourself."),
-    "session_not_found": lambda args: NotFound(f"No session {args.get('session_id')}."),
-    "user_not_found": lambda args: NotFound(f"No user {args.get('user_id')!r}."),
-    "model_config_not_found": lambda args: NotFound(
+_PREPARE_ERRORS: dict[str, Callable[[dict[str, Any], dict[str, Any]], ToolError]] = {
+    "forbidden": lambda args, _: Forbidden(
+        "Only admins may act for another user; leave user_id out to act for yourself."
+    ),
+    "session_not_found": lambda args, _: NotFound(f"No session {args.get('session_id')}."),
+    "session_archived": lambda args, _: ToolError(
+        f"Session {args.get('session_id')} is archived; reactivate it with chitty_chat_session_update "
+        '{"status": "active"} to continue it.'
+    ),
+    "user_not_found": lambda args, _: NotFound(f"No user {args.get('user_id')!r}."),
+    "model_config_not_found": lambda args, _: NotFound(
         f"No model config {args.get('model_config')!r}; see chitty_model_config_list."
     ),
+    "no_api_key": lambda args, _: ToolError(
+        'No OpenAI API key: store yours with chitty_api_key_set {"api_key": "sk-..."}, '
+        "or ask the operator to set OPENAI_API_KEY on the server."
+    ),
+    "unpriced_model": lambda args, prepared: ToolError(
+        f"Model {prepared.get('model')!r} has no price, and a budget applies to you: spend on it cannot be "
+        "bounded. Ask an admin to set its price (pricing set), or choose a priced model (chitty_models_list)."
+    ),
 }
+_LIMIT_NAMES = {
+    "monthly_budget_usd": "Monthly budget",
+    "requests_per_minute": "Requests-per-minute limit",
+    "tokens_per_minute": "Tokens-per-minute limit",
+}
+
+
+def limit_error(prepared: dict[str, Any]) -> ToolError:
+    """The refusal of a call over a limit: which limit, the amounts, and when it resets."""
+    kind = prepared["limit"]
+    value, used, reserved, requested = (
+        prepared["limit_value"],
+        prepared["used"],
+        prepared["reserved"],
+        prepared["requested"],
+    )
+    resets_at = prepared["resets_at"]
+    if kind == "monthly_budget_usd":
+        detail = (
+            f"${_plain(value)} a month: ${_plain(used)} spent so far this month, ${_plain(reserved)} held by "
+            f"calls in progress, and this call could cost up to ${_plain(requested)}"
+        )
+    elif kind == "requests_per_minute":
+        detail = f"{value:g} requests a minute: {used} in the last minute and {reserved} in progress"
+    else:
+        detail = (
+            f"{value:g} tokens a minute: {used} used in the last minute, {reserved} held by calls in progress, "
+            f"and this call could use up to {requested}"
+        )
+    return ToolError(
+        f"{_LIMIT_NAMES[kind]} reached for {prepared['user_id']} ({detail}). It resets at {resets_at}.",
+        data={
+            "limit": kind,
+            "limit_value": value,
+            "used": used,
+            "reserved": reserved,
+            "requested": requested,
+            "resets_at": resets_at,
+        },
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,12 +167,9 @@ def _api_key(prepared: dict[str, Any]) -> tuple[str, str | None]:
                 "set it again with chitty_api_key_set."
             ) from None
     server_key = get_settings().openai_api_key
-    if server_key:
-        return server_key, None
-    raise ToolError(
-        'No OpenAI API key: store yours with chitty_api_key_set {"api_key": "sk-..."}, '
-        "or ask the operator to set OPENAI_API_KEY on the server."
-    )
+    if server_key is None:
+        raise _PREPARE_ERRORS["no_api_key"]({}, prepared)
+    return server_key, None
 
 
 def register(registry: Registry, db: Database) -> None:
@@ -131,10 +184,19 @@ def register(registry: Registry, db: Database) -> None:
         max_attempts=settings.upstream_attempts,
     )
 
+    limits = {
+        "default_model": settings.default_model,
+        "limited_max_tokens": settings.limited_max_tokens,
+        "reservation_seconds": int(settings.upstream_timeout) + 60,
+        "server_key": settings.openai_api_key is not None,
+        **settings.default_limits,
+    }
+
     def run(call: ToolCall, stream: bool) -> ToolResult:
         credential = call.principal
         assert isinstance(credential, auth.Credential)
         args = call.arguments
+        turn_id = str(uuid.uuid4())
         row = db.one(
             "prepare_completion",
             token_hash=credential.token_hash,
@@ -142,29 +204,31 @@ def register(registry: Registry, db: Database) -> None:
             session_id=args.get("session_id"),
             model_config=args.get("model_config"),
             history_limit=settings.history_messages,
+            turn_id=turn_id,
+            model=args.get("model"),
+            max_tokens=args.get("max_tokens"),
+            new_bytes=sum(len(message["content"].encode()) for message in args["messages"]),
+            new_messages=len(args["messages"]),
+            settings=json.dumps(limits),
         )
         prepared: dict[str, Any] = row["prepared"] if row else {"error": "unauthenticated"}
         error = prepared.get("error")
         if error == "unauthenticated":
             raise Unauthenticated()
         call.log_fields["user"] = prepared["caller"]
+        if error == "limit":
+            raise limit_error(prepared)
         if error:
-            raise _PREPARE_ERRORS[error](args)
+            raise _PREPARE_ERRORS[error](args, prepared)
         session = prepared.get("session")
-        if session and session["status"] != "active":
-            raise ToolError(
-                f"Session {session['id']} is archived; reactivate it with chitty_chat_session_update "
-                '{"status": "active"} to continue it.'
-            )
         config = prepared.get("config") or {}
         system_prompt = (session or {}).get("system_prompt") or config.get("system_prompt")
         history = prepared.get("history") or []
         outgoing = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + history
-        api_key, api_key_id = _api_key(prepared)
         request = CompletionRequest(
-            model=args.get("model") or config.get("model") or settings.default_model,
+            model=prepared["model"],
             messages=outgoing + args["messages"],
-            max_tokens=args.get("max_tokens", config.get("max_tokens")),
+            max_tokens=prepared.get("max_tokens"),
             temperature=args.get("temperature", _number(config.get("temperature"))),
             top_p=args.get("top_p", _number(config.get("top_p"))),
         )
@@ -174,8 +238,11 @@ def register(registry: Registry, db: Database) -> None:
             streamed[0] += len(delta)
             call.report_progress(streamed[0], None, delta)
 
-        failure: UpstreamError | None = None
+        # From here on the turn is recorded whatever happens: that also settles its reservation.
+        failure: UpstreamError | ToolError | None = None
+        api_key_id: str | None = None
         try:
+            api_key, api_key_id = _api_key(prepared)
             reply = upstream.complete(api_key, request, stream=stream, on_delta=on_delta)
             outcome: dict[str, Any] = {
                 "status": "ok",
@@ -199,17 +266,22 @@ def register(registry: Registry, db: Database) -> None:
                 "error": error.message,
                 "latency_ms": error.latency_ms,
             }
+        except ToolError as error:
+            failure = error
+            outcome = {"status": "error", "model": request.model, "error": error.message, "latency_ms": 0}
         recorded_row = db.one(
             "record_completion",
             user_id=prepared["user_id"],
             session_id=session["id"] if session else None,
-            turn_id=str(uuid.uuid4()),
+            turn_id=turn_id,
             messages=json.dumps(args["messages"]),
             reply=json.dumps(outcome),
             api_key_id=api_key_id,
         )
         assert recorded_row is not None
         recorded = recorded_row["recorded"]
+        if isinstance(failure, ToolError):
+            raise failure
         if failure is not None:
             data: dict[str, Any] = {"upstream_status": failure.status}
             if failure.retry_after is not None:
@@ -265,6 +337,11 @@ def register(registry: Registry, db: Database) -> None:
             verifies_credentials=True,
         )
     )
+
+
+def _plain(amount: Any) -> str:
+    """A number as plain decimal text (no exponent), as users read money."""
+    return format(Decimal(str(amount)).normalize(), "f")
 
 
 def _number(value: Any) -> float | None:

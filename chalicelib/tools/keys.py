@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
-from chalicelib.db import Database
-from chalicelib.mcp import NotFound, Registry, Tool, ToolCall
+from pg8000.exceptions import DatabaseError
+
+from chalicelib.db import Database, sqlstate
+from chalicelib.mcp import InvalidArguments, NotFound, Registry, Tool, ToolCall
 from chalicelib.tools.access import UUID_PATTERN, principal
 from chalicelib.tools.chat import sealer
 from chalicelib.tools.records import jsonable
 
+# Checked here, not by the schema: a schema error quotes the value, and this value is a secret.
+_API_KEY_SHAPE = re.compile(r"[!-~]{8,512}")
+UNIQUE_VIOLATION = "23505"
 KEY = {
     "type": "object",
     "properties": {
@@ -48,18 +54,30 @@ def register(registry: Registry, db: Database) -> None:
     def set_key(call: ToolCall) -> dict[str, Any]:
         user_id = principal(call).user_id
         secret = call.arguments["api_key"]
+        if not _API_KEY_SHAPE.fullmatch(secret):
+            raise InvalidArguments(
+                "Invalid arguments for chitty_api_key_set: api_key: must be 8 to 512 printable characters "
+                "without spaces or line breaks (the value is not repeated here).",
+                data={"field": "api_key"},
+            )
         key_id = str(uuid.uuid4())
         sealed = sealer().seal(secret, user_id, key_id)
-        row = db.one(
-            "store_api_key",
-            key_id=key_id,
-            user_id=user_id,
-            label=call.arguments.get("label"),
-            last_four=secret[-4:],
-            ciphertext=sealed.ciphertext,
-            nonce=sealed.nonce,
-            fingerprint=sealed.fingerprint,
-        )
+        params = {
+            "key_id": key_id,
+            "user_id": user_id,
+            "label": call.arguments.get("label"),
+            "last_four": secret[-4:],
+            "ciphertext": sealed.ciphertext,
+            "nonce": sealed.nonce,
+            "fingerprint": sealed.fingerprint,
+        }
+        try:
+            row = db.one("store_api_key", **params)
+        except DatabaseError as error:
+            if sqlstate(error) != UNIQUE_VIOLATION:
+                raise
+            # Another set for this user committed its key between our snapshot and insert: rotate again.
+            row = db.one("store_api_key", **params)
         assert row is not None
         return {**_key_record(row), "replaced_key_id": row["replaced_key_id"]}
 
@@ -85,7 +103,10 @@ def register(registry: Registry, db: Database) -> None:
             input_schema={
                 "type": "object",
                 "properties": {
-                    "api_key": {"type": "string", "minLength": 8, "maxLength": 512, "pattern": "^\\S+$"},
+                    "api_key": {
+                        "type": "string",
+                        "description": "Your OpenAI key: 8 to 512 printable characters, no spaces or line breaks.",
+                    },
                     "label": {"type": "string", "maxLength": 100},
                 },
                 "required": ["api_key"],

@@ -1,6 +1,8 @@
 -- name: prepare_completion
 SELECT prepare_completion(:token_hash, CAST(:for_user AS text), CAST(:session_id AS uuid),
-                          CAST(:model_config AS text), CAST(:history_limit AS integer)) AS prepared;
+                          CAST(:model_config AS text), CAST(:history_limit AS integer), CAST(:turn_id AS uuid),
+                          CAST(:model AS text), CAST(:max_tokens AS integer), CAST(:new_bytes AS integer),
+                          CAST(:new_messages AS integer), CAST(:settings AS jsonb)) AS prepared;
 
 -- name: record_completion
 SELECT record_completion(:user_id, CAST(:session_id AS uuid), CAST(:turn_id AS uuid), CAST(:messages AS jsonb),

@@ -1,13 +1,18 @@
 -- name: store_api_key
--- Setting a key rotates: the user's active key is revoked in the same statement.
+-- Setting a key rotates: the user's active key is revoked in the same statement. The insert reads
+-- an aggregate of the revocation, so the revocation completes first and the new key never meets
+-- the old one in api_keys_one_active_per_user.
 WITH revoked AS (
     UPDATE api_keys SET status = 'revoked', revoked_at = now()
     WHERE user_id = :user_id AND status = 'active'
     RETURNING id
+), replaced AS (
+    SELECT min(CAST(id AS text)) AS key_id FROM revoked
 )
 INSERT INTO api_keys (id, user_id, label, last_four, ciphertext, nonce, key_fingerprint)
 SELECT CAST(:key_id AS uuid), :user_id, CAST(:label AS text), :last_four, :ciphertext, :nonce, :fingerprint
-RETURNING id, label, last_four, status, created_at, (SELECT min(CAST(id AS text)) FROM revoked) AS replaced_key_id;
+FROM replaced
+RETURNING id, label, last_four, status, created_at, (SELECT key_id FROM replaced) AS replaced_key_id;
 
 -- name: list_api_keys
 SELECT id, label, last_four, status, created_at, revoked_at, last_used_at
