@@ -112,6 +112,8 @@ def main() -> int:
         str(port),
         "--stage",
         "dev",
+        # The reloader watches every file of the project, the database's own files under .chitty/ included.
+        "--no-autoreload",
     ]
     server = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
