@@ -9,6 +9,9 @@ is retried once when it cannot have committed.
 from __future__ import annotations
 
 import contextlib
+import decimal
+import functools
+import math
 import re
 import ssl
 import threading
@@ -21,6 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
+from pg8000.native import literal, to_statement
 
 T = TypeVar("T")
 # sql/ sits beside chalicelib/ in a checkout; a deployment carries it inside chalicelib/.
@@ -137,6 +141,40 @@ def load_queries(directory: Path) -> dict[str, str]:
     return queries
 
 
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+_INLINE_TYPES = (str, int, float, bool, type(None), decimal.Decimal)
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    return to_statement(sql)
+
+
+def execute(conn: pg8000.native.Connection, sql: str, params: dict[str, Any]) -> list[list[Any]] | None:
+    """Run a query with named parameters in one round trip where that is safe.
+
+    The extended protocol costs pg8000 three round trips a statement (parse, describe,
+    execute). When every value is a plain scalar and the server reads standard-conforming
+    strings, the values are inlined as literals by pg8000's own quoting, as psycopg2 does,
+    and the statement goes in one simple-protocol round trip. Anything else (bytes, NUL
+    characters, non-finite floats) takes the extended protocol.
+    """
+    if not params:
+        return conn.run(sql)
+    statement, make_values = _parsed(sql)
+    values = make_values(params)
+    inline = conn.parameter_statuses.get("standard_conforming_strings") == "on" and all(
+        isinstance(value, _INLINE_TYPES)
+        and not (isinstance(value, str) and "\x00" in value)
+        and not (isinstance(value, float) and not math.isfinite(value))
+        for value in values
+    )
+    if not inline:
+        return conn.run(sql, **params)
+    literals = [literal(value) for value in values]
+    return conn.run(_PLACEHOLDER.sub(lambda match: literals[int(match.group(1)) - 1], statement))
+
+
 def _rows(conn: pg8000.native.Connection, result: list[list[Any]] | None) -> list[Row]:
     if not result or not conn.columns:
         return []
@@ -154,7 +192,7 @@ class Transaction:
 
     def all(self, name: str, **params: Any) -> list[Row]:
         self.database.round_trips += 1
-        return _rows(self.conn, self.conn.run(self.queries[name], **params))
+        return _rows(self.conn, execute(self.conn, self.queries[name], params))
 
     def one(self, name: str, **params: Any) -> Row | None:
         rows = self.all(name, **params)
@@ -217,7 +255,7 @@ class Database:
             conn = self._acquire()
             try:
                 self.round_trips += 1
-                rows = _rows(conn, conn.run(self.queries[name], **params))
+                rows = _rows(conn, execute(conn, self.queries[name], params))
             except (InterfaceError, OSError, DatabaseError) as error:
                 if not _connection_lost(error):
                     self._release(conn)

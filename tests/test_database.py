@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg8000.exceptions import DatabaseError
 
 from chalicelib.db import (
     SQL_DIR,
@@ -228,3 +229,34 @@ def test_load_queries_refuses_a_name_defined_twice_in_one_file(tmp_path: Path):
 
     with pytest.raises(ValueError, match="find_thing"):
         load_queries(tmp_path)
+
+
+TRICKY_TEXTS = [
+    "it's",
+    "'; DROP TABLE users; --",
+    "back\\slash \\' and \\\\",
+    "$1 $2 :name ::text",
+    "dollar $$ quoted $$",
+    "E'\\x41'",
+    "unicode ✓ 𝔘 \u202e",
+    "new\nline\ttab\r",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXTS)
+def test_values_inlined_as_literals_come_back_verbatim(database_url, text):
+    database = Database(url=database_url, queries={"echo": "SELECT CAST(:value AS text) AS value, :n AS n"})
+    try:
+        assert database.one("echo", value=text, n=7) == {"value": text, "n": 7}
+    finally:
+        database.discard()
+
+
+def test_a_nul_character_is_refused_by_the_database_not_smuggled(database_url):
+    database = Database(url=database_url, queries={"echo": "SELECT CAST(:value AS text) AS value"})
+    try:
+        with pytest.raises(DatabaseError):
+            database.one("echo", value="before\x00after")
+    finally:
+        database.discard()

@@ -1,0 +1,198 @@
+"""Gateway overhead: chatgpt_complete through the Lambda handler against the same upstream called directly.
+
+Both paths hit one local OpenAI-compatible server with a fixed delay, alternating call by
+call so that drift on a shared machine touches both alike. The gateway path is the Chalice
+app invoked in process with an API Gateway proxy event, warm, exactly as Lambda calls it: it
+authenticates, prepares, calls upstream, records the turn and its cost, and logs a line.
+Usage: python -m bench.gateway [--calls 2000] [--delay-ms 5] [--http-calls 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from bench.environment import ROOT, fresh_database, machine, percentile, table, user_with_token
+from devtools.apigateway import LambdaContext, proxy_event
+from devtools.fake_openai import FakeOpenAI
+
+SERVER_KEY = "sk-bench-" + "k" * 32
+MESSAGES = [{"role": "user", "content": "Summarise the indemnity clause in two sentences."}]
+
+
+def _configure(url: str, fake: FakeOpenAI) -> dict[str, str]:
+    env = {
+        "CHITTY_DATABASE_URL": url,
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": SERVER_KEY,
+        "CHITTY_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+    }
+    os.environ.update(env)
+    return env
+
+
+def _quiet_logs() -> None:
+    # The request log line is still formatted (part of the cost), but written to /dev/null.
+    sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the benchmark
+    for handler in logging.getLogger("chitty-chatgpt-mcp").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sink)
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    return {
+        "p50": statistics.median(samples),
+        "p95": percentile(samples, 0.95),
+        "p99": percentile(samples, 0.99),
+    }
+
+
+def measure_in_process(token: str, calls: int, session_id: str | None) -> tuple[list[float], list[float]]:
+    """Latencies in ms of direct SDK calls and of gateway calls, alternating."""
+    import openai
+
+    import app
+
+    _quiet_logs()
+    direct = openai.OpenAI(api_key=SERVER_KEY, base_url=os.environ["OPENAI_BASE_URL"], max_retries=0)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Accept": "application/json"}
+    arguments: dict[str, Any] = {"messages": MESSAGES, "model": "gpt-4o-mini"}
+    if session_id:
+        arguments["session_id"] = session_id
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "chatgpt_complete", "arguments": arguments}}
+    )
+    context = LambdaContext()
+    direct_ms: list[float] = []
+    gateway_ms: list[float] = []
+    for index in range(calls + 50):
+        event = proxy_event("POST", "/mcp", headers, body)
+        started = time.perf_counter()
+        direct.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+        middle = time.perf_counter()
+        answer = app.app(event, context)
+        ended = time.perf_counter()
+        if answer["statusCode"] != 200 or json.loads(answer["body"])["result"]["isError"]:
+            raise RuntimeError(f"gateway call failed: {answer['body'][:300]}")
+        if index >= 50:  # the first 50 warm both paths up
+            direct_ms.append((middle - started) * 1000)
+            gateway_ms.append((ended - middle) * 1000)
+    return direct_ms, gateway_ms
+
+
+def measure_http(env: dict[str, str], token: str, calls: int) -> tuple[list[float], list[float]]:
+    """The same comparison through `chalice local` over HTTP (for reference: its server is not Lambda's)."""
+    import openai
+
+    port = 8765
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "chalice"), "local", "--no-autoreload", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **env, "LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = httpx2.Client(timeout=30)
+        for _ in range(100):
+            try:
+                if client.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx2.TransportError:
+                time.sleep(0.1)
+        direct = openai.OpenAI(api_key=SERVER_KEY, base_url=env["OPENAI_BASE_URL"], max_retries=0)
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "chatgpt_complete", "arguments": {"messages": MESSAGES, "model": "gpt-4o-mini"}},
+        }
+        direct_ms: list[float] = []
+        http_ms: list[float] = []
+        for index in range(calls + 20):
+            started = time.perf_counter()
+            direct.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+            middle = time.perf_counter()
+            response = client.post(f"http://127.0.0.1:{port}/mcp", json=body, headers=headers)
+            ended = time.perf_counter()
+            if response.status_code != 200:
+                raise RuntimeError(response.text[:300])
+            if index >= 20:
+                direct_ms.append((middle - started) * 1000)
+                http_ms.append((ended - middle) * 1000)
+        return direct_ms, http_ms
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def _session(token: str) -> str:
+    import app
+
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "chitty_chat_session_create", "arguments": {"session_name": "bench"}},
+        }
+    )
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    answer = app.app(proxy_event("POST", "/mcp", headers, body), LambdaContext())
+    return str(json.loads(answer["body"])["result"]["structuredContent"]["session_id"])
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--delay-ms", type=float, default=5.0, help="the fake upstream's fixed latency")
+    parser.add_argument("--http-calls", type=int, default=300)
+    args = parser.parse_args(argv)
+    url = fresh_database("chitty_bench_gateway")
+    token = user_with_token(url)
+    rows = []
+    with FakeOpenAI(delay=args.delay_ms / 1000) as fake:
+        env = _configure(url, fake)
+        measured = {
+            "in process, one-off": measure_in_process(token, args.calls, None),
+            "in process, in a session": measure_in_process(token, args.calls, _session(token)),
+        }
+        if args.http_calls:
+            measured["HTTP via chalice local"] = measure_http(env, token, args.http_calls)
+    for name, (direct, gateway) in measured.items():
+        d, g = _stats(direct), _stats(gateway)
+        rows.append(
+            [
+                name,
+                str(len(gateway)),
+                *(f"{d[q]:.2f}" for q in ("p50", "p95", "p99")),
+                *(f"{g[q]:.2f}" for q in ("p50", "p95", "p99")),
+                f"{g['p50'] - d['p50']:+.2f}",
+                f"{g['p99'] - d['p99']:+.2f}",
+                f"{g['p50'] / d['p50']:.2f}x",
+            ]
+        )
+    header = ["path", "calls", "direct p50", "p95", "p99", "gateway p50", "p95", "p99", "overhead p50", "p99", "ratio"]
+    notes = [
+        machine(),
+        f"upstream: local OpenAI-compatible server, fixed delay {args.delay_ms:g} ms; times in ms",
+        "gateway = auth + prepare_completion + upstream + record_completion + cost trigger + log line",
+        "in a session the history window grows to 50 messages, sent upstream each call",
+    ]
+    return table("Gateway overhead (chatgpt_complete vs the openai SDK directly)", header, rows, notes)
+
+
+if __name__ == "__main__":
+    print(main())
