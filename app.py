@@ -1,8 +1,10 @@
-"""ChittyOS ChatGPT MCP server: the routes. Each hands its request to chalicelib."""
+"""ChittyOS ChatGPT MCP server: the routes and schedules. Each hands its work to chalicelib."""
 
-from chalice import Chalice, Response
+from chalice import Chalice, Cron, Rate, Response
+from chalice.app import CloudWatchEvent
 
-from chalicelib import service
+from chalicelib import service, upkeep
+from chalicelib.db import get_database
 from chalicelib.mcp import HttpRequest
 
 app = Chalice(app_name="chitty-chatgpt-mcp", configure_logs=False)
@@ -22,3 +24,13 @@ def mcp() -> Response:
 def health() -> Response:
     status, body = service.health()
     return Response(body=body, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+@app.schedule(Rate(5, unit=Rate.MINUTES))
+def refresh_usage(event: CloudWatchEvent) -> dict[str, int | bool]:
+    return upkeep.refresh_usage(get_database())
+
+
+@app.schedule(Cron(17, 3, "*", "*", "?", "*"))
+def daily_upkeep(event: CloudWatchEvent) -> dict[str, int | bool]:
+    return upkeep.daily_upkeep(get_database())

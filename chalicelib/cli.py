@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from pg8000.exceptions import DatabaseError
 
-from chalicelib import auth, migrate
+from chalicelib import auth, migrate, upkeep
 from chalicelib.config import ConfigError, get_settings
 from chalicelib.crypto import EncryptionKeyError, SealBroken, Sealed, Sealer, parse_key
 from chalicelib.db import (
@@ -195,6 +195,12 @@ def cmd_keys_reencrypt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analytics_refresh(_: argparse.Namespace) -> int:
+    result = upkeep.roll_up_usage(_database())
+    print(f"rolled up {result.rolled_up} completion(s) into usage_analytics")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chalicelib.cli", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -236,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--old-key-env", default="CHITTY_OLD_ENCRYPTION_KEY", help="variable holding the old key (base64)"
     )
     reencrypt.set_defaults(run=cmd_keys_reencrypt)
+
+    analytics = commands.add_parser("analytics", help="usage analytics").add_subparsers(dest="action", required=True)
+    analytics.add_parser(
+        "refresh", help="roll every queued completion into usage_analytics (as the schedule does)"
+    ).set_defaults(run=cmd_analytics_refresh)
     return parser
 
 

@@ -1,14 +1,20 @@
-"""Settings read from the environment, once per container."""
+"""Settings read from the environment, once per container, and secrets from AWS Secrets Manager.
+
+The secret settings (SECRET_SETTINGS) come from their environment variables when those are
+set, else from the JSON object in the Secrets Manager secret named by CHITTY_SECRET_ID. The
+secret is read on first use, not at import, once per container.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEBUG_NAMESPACE = "chitty:mcp:chatgpt"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 LOCAL_ORIGINS = tuple(f"{scheme}://{host}" for scheme in ("http", "https") for host in LOCAL_HOSTS)
+SECRET_SETTINGS = ("OPENAI_API_KEY", "CHITTY_DATABASE_URL", "CHITTY_ENCRYPTION_KEY")
 
 
 class ConfigError(RuntimeError):
@@ -44,20 +50,42 @@ def _default_limits() -> dict[str, float]:
     return limits
 
 
+@functools.lru_cache(maxsize=4)
+def stored_secrets(secret_id: str) -> dict[str, str]:
+    """The settings held in a Secrets Manager secret (a JSON object of SECRET_SETTINGS), read once."""
+    # The Parameters utility imports boto3 (~0.2 s): only containers that name a secret pay for it.
+    from aws_lambda_powertools.utilities import parameters
+
+    where = f"the secret {secret_id!r} named by CHITTY_SECRET_ID"
+    try:
+        value = parameters.get_secret(secret_id, transform="json")
+    except parameters.TransformParameterError:
+        raise ConfigError(f'{where} is not JSON; it must hold an object like {{"OPENAI_API_KEY": "..."}}') from None
+    except parameters.GetParameterError as error:
+        raise ConfigError(f"{where} cannot be read: {error}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must hold a JSON object, not {type(value).__name__}")
+    unknown = sorted(set(value) - set(SECRET_SETTINGS))
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}; it may hold {', '.join(SECRET_SETTINGS)}")
+    return {name: str(value[name]) for name in SECRET_SETTINGS if value.get(name)}
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the server needs to know about where it runs."""
 
     stage: str
-    database_url: str | None
+    secret_id: str | None
+    environment_secrets: dict[str, str] = field(repr=False)
     db_timeout: float
     allowed_hosts: tuple[str, ...]
     allowed_origins: tuple[str, ...]
     debug: bool
     log_level: str
-    openai_api_key: str | None
     openai_base_url: str | None
-    encryption_key: str | None
+    kms_key_id: str | None
+    tracing: bool
     default_model: str
     history_messages: int
     upstream_timeout: float
@@ -65,6 +93,28 @@ class Settings:
     upstream_attempts: int
     limited_max_tokens: int
     default_limits: dict[str, float]
+
+    def secret(self, name: str) -> str | None:
+        """A secret setting: its environment variable when set, else the secret CHITTY_SECRET_ID names."""
+        value = self.environment_secrets.get(name)
+        if value or not self.secret_id:
+            return value
+        return stored_secrets(self.secret_id).get(name)
+
+    @property
+    def database_url(self) -> str | None:
+        """CHITTY_DATABASE_URL (a secret setting)."""
+        return self.secret("CHITTY_DATABASE_URL")
+
+    @property
+    def openai_api_key(self) -> str | None:
+        """OPENAI_API_KEY, the server's own key (a secret setting)."""
+        return self.secret("OPENAI_API_KEY")
+
+    @property
+    def encryption_key(self) -> str | None:
+        """CHITTY_ENCRYPTION_KEY, which seals stored keys locally (a secret setting)."""
+        return self.secret("CHITTY_ENCRYPTION_KEY")
 
     def require_database_url(self) -> str:
         if not self.database_url:
@@ -81,15 +131,16 @@ def get_settings() -> Settings:
     debug = _debug_enabled(os.environ.get("DEBUG", ""))
     return Settings(
         stage=os.environ.get("CHITTY_STAGE", "dev"),
-        database_url=os.environ.get("CHITTY_DATABASE_URL") or None,
+        secret_id=os.environ.get("CHITTY_SECRET_ID") or None,
+        environment_secrets={name: os.environ[name] for name in SECRET_SETTINGS if os.environ.get(name)},
         db_timeout=float(os.environ.get("CHITTY_DB_TIMEOUT", "5")),
         allowed_hosts=_csv("CHITTY_ALLOWED_HOSTS", LOCAL_HOSTS),
         allowed_origins=_csv("CHITTY_ALLOWED_ORIGINS", LOCAL_ORIGINS),
         debug=debug,
         log_level="DEBUG" if debug else os.environ.get("LOG_LEVEL", "INFO").upper(),
-        openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
         openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
-        encryption_key=os.environ.get("CHITTY_ENCRYPTION_KEY") or None,
+        kms_key_id=os.environ.get("CHITTY_KMS_KEY_ID") or None,
+        tracing=os.environ.get("CHITTY_TRACING", "").strip().lower() in ("1", "true", "yes", "on"),
         default_model=os.environ.get("CHITTY_DEFAULT_MODEL", "gpt-4o-mini"),
         history_messages=int(os.environ.get("CHITTY_HISTORY_MESSAGES", "50")),
         # Below API Gateway's 29 s, with room for the two database round trips.

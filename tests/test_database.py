@@ -238,7 +238,7 @@ TRICKY_TEXTS = [
     "$1 $2 :name ::text",
     "dollar $$ quoted $$",
     "E'\\x41'",
-    "unicode ✓ 𝔘 \u202e",
+    "unicode \u2713 \U0001d518 \u202e",
     "new\nline\ttab\r",
     "",
 ]

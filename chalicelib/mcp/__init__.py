@@ -2,7 +2,7 @@
 
 from chalicelib.mcp.errors import Forbidden, InvalidArguments, JsonRpcError, NotFound, ToolError, Unavailable
 from chalicelib.mcp.http import HttpRequest, HttpResponse
-from chalicelib.mcp.registry import Registry, ResourceFamily, Tool, ToolCall, ToolResult
+from chalicelib.mcp.registry import PromptFamily, Registry, ResourceFamily, Tool, ToolCall, ToolResult
 from chalicelib.mcp.server import SUPPORTED_VERSIONS, McpServer, ServerInfo
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "JsonRpcError",
     "McpServer",
     "NotFound",
+    "PromptFamily",
     "Registry",
     "ResourceFamily",
     "ServerInfo",

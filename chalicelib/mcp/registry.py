@@ -165,11 +165,26 @@ class ResourceFamily:
 
 
 @dataclass
+class PromptFamily:
+    """Prompts that depend on the caller (e.g. a user's session templates and the built-in ones).
+
+    `list_for` gives the caller's prompts (each {name, title?, description?, arguments?: [{name,
+    description?, required?}]}); `get_for` renders one with its arguments as {description?, messages},
+    or gives None when the caller has no prompt of that name (whether it does not exist or belongs to
+    someone else), and raises InvalidArguments when an argument is missing or unknown.
+    """
+
+    list_for: Callable[[Any], list[dict[str, Any]]]
+    get_for: Callable[[Any, str, dict[str, str]], dict[str, Any] | None]
+
+
+@dataclass
 class Registry:
     """Everything the server offers. Tools register themselves here; mcp/ never imports them."""
 
     tools: dict[str, Tool] = field(default_factory=dict)
     resources: list[ResourceFamily] = field(default_factory=list)
+    prompts: list[PromptFamily] = field(default_factory=list)
 
     def add_tool(self, tool: Tool) -> Tool:
         if tool.name in self.tools:
@@ -179,6 +194,10 @@ class Registry:
 
     def add_resources(self, family: ResourceFamily) -> ResourceFamily:
         self.resources.append(family)
+        return family
+
+    def add_prompts(self, family: PromptFamily) -> PromptFamily:
+        self.prompts.append(family)
         return family
 
     def tool(self, name: str) -> Tool:

@@ -26,6 +26,7 @@ from chalicelib.mcp.errors import (
     RESOURCE_NOT_FOUND,
     UNAUTHORIZED,
     UNSUPPORTED_PROTOCOL_VERSION,
+    InvalidArguments,
     JsonRpcError,
     ToolError,
     Unauthenticated,
@@ -331,6 +332,8 @@ class McpServer:
                     "resources/read": self._resources_read,
                 }
             )
+        if self.registry.prompts:
+            handlers.update({"prompts/list": self._prompts_list, "prompts/get": self._prompts_get})
         if method == "tools/call":
             result = self._tools_call(request, events, log)
         elif method in handlers:
@@ -351,6 +354,8 @@ class McpServer:
         capabilities: dict[str, Any] = {"tools": {"listChanged": False}}
         if self.registry.resources:
             capabilities["resources"] = {"subscribe": False, "listChanged": False}
+        if self.registry.prompts:
+            capabilities["prompts"] = {"listChanged": False}
         return capabilities
 
     def _no_cursor(self, request: _Request) -> None:
@@ -389,6 +394,36 @@ class McpServer:
         if request.modern:
             result.update(ttlMs=0, cacheScope="private")
         return result
+
+    def _prompts_list(self, request: _Request) -> dict[str, Any]:
+        self._no_cursor(request)
+        listed = [prompt for family in self.registry.prompts for prompt in family.list_for(request.principal)]
+        result: dict[str, Any] = {"prompts": listed}
+        if request.modern:
+            # Prompts are per user and change whenever the user edits a template: never cached, never shared.
+            result.update(ttlMs=0, cacheScope="private")
+        return result
+
+    def _prompts_get(self, request: _Request) -> dict[str, Any]:
+        status = 400 if request.modern else 200
+        name = request.params.get("name")
+        if not isinstance(name, str) or not name:
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: name must be a string", http_status=status)
+        arguments = request.params.get("arguments") or {}
+        if not isinstance(arguments, dict) or not all(isinstance(value, str) for value in arguments.values()):
+            raise JsonRpcError(
+                INVALID_PARAMS, "Invalid params: arguments must be an object of strings", http_status=status
+            )
+        for family in self.registry.prompts:
+            try:
+                prompt = family.get_for(request.principal, name, arguments)
+            except InvalidArguments as error:
+                raise JsonRpcError(
+                    INVALID_PARAMS, f"Invalid params: {error.message}", http_status=status, data=error.data
+                ) from None
+            if prompt is not None:
+                return prompt
+        raise JsonRpcError(INVALID_PARAMS, f"Unknown prompt: {name}", http_status=status, data={"name": name})
 
     def _initialize(self, request: _Request) -> dict[str, Any]:
         requested = request.params.get("protocolVersion")

@@ -8,7 +8,7 @@ from typing import Any
 from chalicelib.db import Database, DatabaseUnavailable
 from chalicelib.mcp import Registry, ToolCall, ToolResult, Unavailable
 from chalicelib.mcp.registry import ToolHandler
-from chalicelib.tools import chat, keys, limits, sessions
+from chalicelib.tools import analytics, chat, configs, keys, limits, sessions, templates
 
 
 def _database_errors_as_results(handler: ToolHandler) -> ToolHandler:
@@ -29,6 +29,9 @@ def build_registry(db: Database) -> Registry:
     sessions.register(registry, db)
     keys.register(registry, db)
     limits.register(registry, db)
+    analytics.register(registry, db)
+    configs.register(registry, db)
+    templates.register(registry, db)
     for tool in registry.tools.values():
         tool.handler = _database_errors_as_results(tool.handler)
     return registry

@@ -18,7 +18,7 @@ from typing import Any
 
 from chalicelib import auth
 from chalicelib.config import get_settings
-from chalicelib.crypto import EncryptionKeyError, SealBroken, Sealed, Sealer, parse_key
+from chalicelib.crypto import EncryptionKeyError, KeyRing, KeyServiceError, SealBroken, Sealed
 from chalicelib.db import Database
 from chalicelib.mcp import Forbidden, NotFound, Registry, Tool, ToolCall, ToolError, ToolResult
 from chalicelib.mcp.errors import Unauthenticated
@@ -145,9 +145,10 @@ def limit_error(prepared: dict[str, Any]) -> ToolError:
 
 
 @functools.lru_cache(maxsize=1)
-def sealer() -> Sealer:
-    """The container's sealer, from CHITTY_ENCRYPTION_KEY."""
-    return Sealer(parse_key(get_settings().encryption_key))
+def sealer() -> KeyRing:
+    """The container's sealer: KMS envelopes when CHITTY_KMS_KEY_ID is set, else CHITTY_ENCRYPTION_KEY."""
+    settings = get_settings()
+    return KeyRing(settings.encryption_key, settings.kms_key_id)
 
 
 def _api_key(prepared: dict[str, Any]) -> tuple[str, str | None]:
@@ -158,6 +159,7 @@ def _api_key(prepared: dict[str, Any]) -> tuple[str, str | None]:
             ciphertext=base64.b64decode(stored["ciphertext"]),
             nonce=base64.b64decode(stored["nonce"]),
             fingerprint=stored["fingerprint"],
+            wrapped_data_key=base64.b64decode(stored["wrapped_data_key"]) if stored.get("wrapped_data_key") else None,
         )
         try:
             return sealer().open(sealed, prepared["user_id"], str(stored["id"])), str(stored["id"])
@@ -166,6 +168,8 @@ def _api_key(prepared: dict[str, Any]) -> tuple[str, str | None]:
                 f"Your stored OpenAI key (...{stored['last_four']}) cannot be decrypted by this server; "
                 "set it again with chitty_api_key_set."
             ) from None
+        except KeyServiceError as error:
+            raise ToolError(str(error)) from None
     server_key = get_settings().openai_api_key
     if server_key is None:
         raise _PREPARE_ERRORS["no_api_key"]({}, prepared)

@@ -8,8 +8,9 @@ from typing import Any
 
 from pg8000.exceptions import DatabaseError
 
+from chalicelib.crypto import KeyServiceError
 from chalicelib.db import Database, sqlstate
-from chalicelib.mcp import InvalidArguments, NotFound, Registry, Tool, ToolCall
+from chalicelib.mcp import InvalidArguments, NotFound, Registry, Tool, ToolCall, ToolError
 from chalicelib.tools.access import UUID_PATTERN, principal
 from chalicelib.tools.chat import sealer
 from chalicelib.tools.records import jsonable
@@ -61,7 +62,10 @@ def register(registry: Registry, db: Database) -> None:
                 data={"field": "api_key"},
             )
         key_id = str(uuid.uuid4())
-        sealed = sealer().seal(secret, user_id, key_id)
+        try:
+            sealed = sealer().seal(secret, user_id, key_id)
+        except KeyServiceError as error:
+            raise ToolError(str(error)) from None
         params = {
             "key_id": key_id,
             "user_id": user_id,
@@ -70,6 +74,7 @@ def register(registry: Registry, db: Database) -> None:
             "ciphertext": sealed.ciphertext,
             "nonce": sealed.nonce,
             "fingerprint": sealed.fingerprint,
+            "wrapped_data_key": sealed.wrapped_data_key,
         }
         try:
             row = db.one("store_api_key", **params)

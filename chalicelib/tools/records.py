@@ -37,6 +37,7 @@ def session_record(row: dict[str, Any]) -> dict[str, Any]:
             "prompt_tokens": row["prompt_tokens"],
             "completion_tokens": row["completion_tokens"],
             "total_cost_usd": row["total_cost_usd"],
+            "model_config": row["model_config"],
             "created_at": row["created_at"],
             "updated_at": row["updated_at"],
             "last_activity_at": row["last_activity_at"],

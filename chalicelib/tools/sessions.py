@@ -1,7 +1,9 @@
 """Conversation sessions: create, list, get, update, delete.
 
 A session belongs to one user. Users see and change only their own; admins any. Another
-user's session answers exactly like one that does not exist.
+user's session answers exactly like one that does not exist. A session may be created from a
+session template (its rendered system prompt, default metadata and model config) and may name
+a model config as the default of its completions.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from chalicelib.db import Database
 from chalicelib.mcp.errors import InvalidArguments, NotFound
 from chalicelib.mcp.registry import Registry, ResourceFamily, Tool, ToolCall
 from chalicelib.tools.access import USER_ID_SCHEMA, UUID_PATTERN, acting_user, caller_params
+from chalicelib.tools.configs import CONFIG_NAME, config_not_found
 from chalicelib.tools.records import session_record
+from chalicelib.tools.templates import TEMPLATE_NAME, VARIABLE_VALUES, render
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
@@ -50,6 +54,7 @@ SESSION = {
         "prompt_tokens": {"type": "integer"},
         "completion_tokens": {"type": "integer"},
         "total_cost_usd": {"type": "number"},
+        "model_config": {"type": ["string", "null"], "description": "Default model config of its completions."},
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
         "last_activity_at": {"type": "string", "format": "date-time"},
@@ -147,14 +152,33 @@ def register(registry: Registry, db: Database) -> None:
     def create(call: ToolCall) -> dict[str, Any]:
         user_id = acting_user(call)
         args = call.arguments
+        system_prompt = args.get("initial_system_prompt")
+        metadata = args.get("metadata") or {}
+        model_config = args.get("model_config")
+        if "template" in args:
+            if system_prompt is not None:
+                raise InvalidArguments(
+                    "Give either template or initial_system_prompt: the template writes the system prompt."
+                )
+            template = db.one("usable_session_template", user_id=user_id, template_name=args["template"])
+            if template is None:
+                raise NotFound(f"No session template {args['template']!r}; see chitty_session_template_list.")
+            system_prompt = render(template, args.get("variables", {}))
+            metadata = {**template["default_metadata"], **metadata}
+            model_config = model_config or template["model_config"]
+        elif "variables" in args:
+            raise InvalidArguments("variables fill a template's placeholders: name the template too.")
         row = db.one(
             "create_session",
             user_id=user_id,
             session_name=args["session_name"],
-            system_prompt=args.get("initial_system_prompt"),
-            metadata=json.dumps(args.get("metadata") or {}),
+            system_prompt=system_prompt,
+            metadata=json.dumps(metadata),
+            model_config=model_config,
         )
         if row is None:
+            if model_config is not None:
+                raise config_not_found(model_config)
             raise NotFound(f"No user {user_id!r}.")
         return session_record(row)
 
@@ -190,10 +214,15 @@ def register(registry: Registry, db: Database) -> None:
             session_name=args.get("session_name"),
             status=args.get("status"),
             metadata=None if metadata is None else json.dumps(metadata),
+            change_model_config="model_config" in args,
+            model_config=args.get("model_config"),
             **caller_params(call),
         )
         if row is None:
-            raise NotFound(f"No session {args['session_id']}.")
+            session = db.one("get_session", session_id=args["session_id"], **caller_params(call))
+            if session is None:
+                raise NotFound(f"No session {args['session_id']}.")
+            raise config_not_found(args["model_config"])
         return session_record(row)
 
     def delete(call: ToolCall) -> dict[str, Any]:
@@ -208,7 +237,11 @@ def register(registry: Registry, db: Database) -> None:
             title="Create chat session",
             description=(
                 "Start a conversation session with ChatGPT. Its system prompt is sent with every "
-                "completion in the session; metadata links it to ChittyOS cases and documents."
+                "completion in the session; metadata links it to ChittyOS cases and documents. "
+                "With template (see chitty_session_template_list) and variables, the system prompt is the "
+                "template's with every {{variable}} filled (all required; unknown names are an error), the "
+                "metadata is the template's default metadata with yours merged over it, and the model config "
+                "is the template's unless you name one."
             ),
             input_schema={
                 "type": "object",
@@ -217,6 +250,12 @@ def register(registry: Registry, db: Database) -> None:
                     "session_name": {"type": "string", "minLength": 1, "maxLength": 200},
                     "initial_system_prompt": {"type": "string", "maxLength": 100_000},
                     "metadata": METADATA,
+                    "template": {**TEMPLATE_NAME, "description": "Start from this session template (by name)."},
+                    "variables": VARIABLE_VALUES,
+                    "model_config": {
+                        **CONFIG_NAME,
+                        "description": "Default model config of the session's completions (by name).",
+                    },
                 },
                 "required": ["session_name"],
                 "additionalProperties": False,
@@ -276,8 +315,9 @@ def register(registry: Registry, db: Database) -> None:
             name="chitty_chat_session_update",
             title="Update chat session",
             description=(
-                "Rename a session, archive or reactivate it, or change its metadata "
-                "(merged: keys given replace, keys set to null are removed)."
+                "Rename a session, archive or reactivate it, change its metadata "
+                "(merged: keys given replace, keys set to null are removed), or its default model_config "
+                "(a config name; null removes it)."
             ),
             input_schema={
                 "type": "object",
@@ -286,6 +326,11 @@ def register(registry: Registry, db: Database) -> None:
                     "session_name": {"type": "string", "minLength": 1, "maxLength": 200},
                     "metadata": {**METADATA, "properties": {}},
                     "status": STATUS,
+                    "model_config": {
+                        **CONFIG_NAME,
+                        "type": ["string", "null"],
+                        "description": "Default model config of the session's completions (by name); null: none.",
+                    },
                 },
                 "required": ["session_id"],
                 "additionalProperties": False,

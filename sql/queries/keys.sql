@@ -9,8 +9,9 @@ WITH revoked AS (
 ), replaced AS (
     SELECT min(CAST(id AS text)) AS key_id FROM revoked
 )
-INSERT INTO api_keys (id, user_id, label, last_four, ciphertext, nonce, key_fingerprint)
-SELECT CAST(:key_id AS uuid), :user_id, CAST(:label AS text), :last_four, :ciphertext, :nonce, :fingerprint
+INSERT INTO api_keys (id, user_id, label, last_four, ciphertext, nonce, key_fingerprint, wrapped_data_key)
+SELECT CAST(:key_id AS uuid), :user_id, CAST(:label AS text), :last_four, :ciphertext, :nonce, :fingerprint,
+       CAST(:wrapped_data_key AS bytea)
 FROM replaced
 RETURNING id, label, last_four, status, created_at, (SELECT key_id FROM replaced) AS replaced_key_id;
 
@@ -25,7 +26,9 @@ WHERE id = CAST(:key_id AS uuid) AND user_id = :user_id
 RETURNING id, label, last_four, status, created_at, revoked_at, last_used_at;
 
 -- name: sealed_api_keys
-SELECT id, user_id, ciphertext, nonce, key_fingerprint FROM api_keys ORDER BY id FOR UPDATE;
+-- Keys sealed by the local key only: a KMS envelope (wrapped_data_key) does not depend on it.
+SELECT id, user_id, ciphertext, nonce, key_fingerprint FROM api_keys
+WHERE wrapped_data_key IS NULL ORDER BY id FOR UPDATE;
 
 -- name: reseal_api_key
 UPDATE api_keys SET ciphertext = :ciphertext, nonce = :nonce, key_fingerprint = :fingerprint
