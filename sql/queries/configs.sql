@@ -1,0 +1,60 @@
+-- Model configs belong to one user (:user_id, the acting user, already authorised). Names are unique
+-- per user and are how configs are addressed; another user's config is simply not found.
+
+-- name: create_model_config
+INSERT INTO model_configs (user_id, name, model, temperature, top_p, max_tokens, system_prompt)
+SELECT id, :config_name, :model, CAST(:temperature AS numeric), CAST(:top_p AS numeric),
+       CAST(:max_tokens AS integer), CAST(:system_prompt AS text)
+FROM users WHERE id = :user_id
+RETURNING *;
+
+-- name: list_model_configs
+SELECT * FROM model_configs WHERE user_id = :user_id ORDER BY name;
+
+-- name: update_model_config
+-- :changes holds only the fields to change; an optional field given as null is cleared.
+UPDATE model_configs m
+SET name = coalesce(given.changes ->> 'new_name', m.name),
+    model = coalesce(given.changes ->> 'model', m.model),
+    temperature = CASE WHEN given.changes ? 'temperature'
+                       THEN CAST(given.changes ->> 'temperature' AS numeric) ELSE m.temperature END,
+    top_p = CASE WHEN given.changes ? 'top_p' THEN CAST(given.changes ->> 'top_p' AS numeric) ELSE m.top_p END,
+    max_tokens = CASE WHEN given.changes ? 'max_tokens'
+                      THEN CAST(given.changes ->> 'max_tokens' AS integer) ELSE m.max_tokens END,
+    system_prompt = CASE WHEN given.changes ? 'system_prompt'
+                         THEN given.changes ->> 'system_prompt' ELSE m.system_prompt END,
+    updated_at = now()
+FROM (SELECT CAST(:changes AS jsonb) AS changes) given
+WHERE m.user_id = :user_id AND m.name = :config_name
+RETURNING m.*;
+
+-- name: delete_model_config
+-- Sessions and templates that used the config keep going without one (ON DELETE SET NULL).
+DELETE FROM model_configs WHERE user_id = :user_id AND name = :config_name
+RETURNING name;
+
+-- name: models_with_prices
+-- One row per model priced now (the price in force), plus one per model that the user's configs name
+-- but that has no price. config_names: the user's configs billed at that row's price, as
+-- price_in_force resolves them (a dated snapshot such as gpt-4o-2024-08-06 is billed as gpt-4o).
+WITH prices AS (
+    SELECT DISTINCT ON (model) *
+    FROM model_pricing
+    WHERE effective_from <= now()
+    ORDER BY model, effective_from DESC
+), configs AS (
+    SELECT coalesce((price_in_force(c.model, now())).model, c.model) AS model,
+           array_agg(c.name ORDER BY c.name) AS names
+    FROM model_configs c
+    WHERE c.user_id = :user_id
+    GROUP BY 1
+)
+SELECT coalesce(p.model, g.model) AS model,
+       p.input_per_mtok,
+       coalesce(p.cached_input_per_mtok, p.input_per_mtok) AS cached_input_per_mtok,
+       p.output_per_mtok,
+       p.effective_from,
+       coalesce(g.names, CAST(ARRAY[] AS text[])) AS config_names
+FROM prices p
+FULL JOIN configs g ON g.model = p.model
+ORDER BY 1;

@@ -1,0 +1,63 @@
+-- Session templates: a user's own (user_id = :user_id, the acting user, already authorised) and the
+-- built-ins (user_id NULL), which are read-only. Another user's template is simply not found.
+-- Every row comes with model_config, the name of the template's model config (or NULL).
+
+-- name: create_session_template
+INSERT INTO session_templates (user_id, name, title, description, system_prompt, variable_descriptions,
+                               model_config_id, default_metadata)
+SELECT u.id, :template_name, CAST(:title AS text), :description, :system_prompt,
+       CAST(:variable_descriptions AS jsonb), c.id, CAST(:default_metadata AS jsonb)
+FROM users u
+LEFT JOIN model_configs c ON c.user_id = u.id AND c.name = CAST(:model_config AS text)
+WHERE u.id = :user_id
+  AND (CAST(:model_config AS text) IS NULL OR c.id IS NOT NULL)
+RETURNING *, (SELECT c.name FROM model_configs c WHERE c.id = model_config_id) AS model_config;
+
+-- name: list_session_templates
+-- The user's own templates and every built-in; shadowed: a built-in hidden by the user's own of that name.
+SELECT t.*, c.name AS model_config,
+       t.user_id IS NULL AND EXISTS (
+           SELECT 1 FROM session_templates o WHERE o.user_id = :user_id AND o.name = t.name
+       ) AS shadowed
+FROM session_templates t
+LEFT JOIN model_configs c ON c.id = t.model_config_id
+WHERE t.user_id = :user_id OR t.user_id IS NULL
+ORDER BY t.name, t.user_id NULLS LAST;
+
+-- name: usable_session_templates
+SELECT t.*, c.name AS model_config
+FROM session_templates_for(:user_id) t
+LEFT JOIN model_configs c ON c.id = t.model_config_id
+ORDER BY t.name;
+
+-- name: usable_session_template
+SELECT t.*, c.name AS model_config
+FROM session_templates_for(:user_id) t
+LEFT JOIN model_configs c ON c.id = t.model_config_id
+WHERE t.name = :template_name;
+
+-- name: update_session_template
+-- :changes holds only the fields to change; title and model_config given as null are cleared.
+-- No row when the user has no template of that name, or names a model config they do not have.
+UPDATE session_templates t
+SET name = coalesce(given.changes ->> 'new_name', t.name),
+    title = CASE WHEN given.changes ? 'title' THEN given.changes ->> 'title' ELSE t.title END,
+    description = coalesce(given.changes ->> 'description', t.description),
+    system_prompt = coalesce(given.changes ->> 'system_prompt', t.system_prompt),
+    variable_descriptions = coalesce(given.changes -> 'variable_descriptions', t.variable_descriptions),
+    default_metadata = coalesce(given.changes -> 'default_metadata', t.default_metadata),
+    model_config_id = CASE WHEN given.changes ? 'model_config'
+                           THEN (SELECT c.id FROM model_configs c
+                                 WHERE c.user_id = t.user_id AND c.name = given.changes ->> 'model_config')
+                           ELSE t.model_config_id END,
+    updated_at = now()
+FROM (SELECT CAST(:changes AS jsonb) AS changes) given
+WHERE t.user_id = :user_id AND t.name = :template_name
+  AND (given.changes ->> 'model_config' IS NULL
+       OR EXISTS (SELECT 1 FROM model_configs c
+                  WHERE c.user_id = t.user_id AND c.name = given.changes ->> 'model_config'))
+RETURNING t.*, (SELECT c.name FROM model_configs c WHERE c.id = t.model_config_id) AS model_config;
+
+-- name: delete_session_template
+DELETE FROM session_templates WHERE user_id = :user_id AND name = :template_name
+RETURNING name;
