@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8000
+STAGE ?= prod
 
-.PHONY: run test lint format conformance clean
+.PHONY: run test lint format bench conformance package clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +27,19 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Every benchmark against a real PostgreSQL and a local upstream; not part of `make test`.
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
 conformance: $(STAMP)
 	bash devtools/conformance.sh
+
+# The deployment artifact (dist/deployment.zip and the SAM template dist/sam.json), then a lint of the
+# template. `chalice package` needs a region only to render the template.
+package: $(STAMP)
+	rm -rf dist
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/bin/chalice package --stage $(STAGE) dist
+	$(VENV)/bin/cfn-lint dist/sam.json
 
 clean:
 	rm -rf $(VENV) .chitty .pytest_cache .ruff_cache dist

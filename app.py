@@ -1,5 +1,7 @@
 """ChittyOS ChatGPT MCP server: the routes and schedules. Each hands its work to chalicelib."""
 
+from typing import Any
+
 from chalice import Chalice, Cron, Rate, Response
 from chalice.app import CloudWatchEvent
 
@@ -16,8 +18,16 @@ def mcp() -> Response:
     raw = request.raw_body
     body = raw if isinstance(raw, bytes) else raw.encode("utf-8")
     headers = {name.lower(): value for name, value in request.headers.items()}
-    answer = service.handle_mcp(HttpRequest(method=request.method, headers=headers, body=body))
+    answer = service.handle_mcp(
+        HttpRequest(method=request.method, headers=headers, body=body), request_id=request.context.get("requestId")
+    )
     return Response(body=answer.body, status_code=answer.status, headers=answer.headers)
+
+
+@app.lambda_function(name="migrate")
+def migrate(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Apply pending migrations; invoked once after each deploy (chitty-chatgpt-mcp-<stage>-migrate)."""
+    return service.apply_migrations()
 
 
 @app.route("/health", methods=["GET"])

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def machine() -> str:
     """One line about where the numbers were taken."""
     cpu = platform.processor() or platform.machine()
-    return f"{platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    return (
+        f"{platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
 
 
 def fresh_database(name: str) -> str:
@@ -54,5 +56,8 @@ def table(title: str, header: list[str], rows: list[list[str]], notes: list[str]
     line = "  ".join
     out = [f"## {title}", "", line(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     out.append(line("-" * w for w in widths))
-    out += [line(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    out += [
+        line(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
     return "\n".join(out + [""] + [f"- {note}" for note in notes or []] + [""])

@@ -41,8 +41,10 @@ def _database() -> Database:
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
-    db = _database()
-    conn = db.connect()
+    settings = get_settings()
+    settings.require_database_url()
+    # A direct URL when one is configured: the migration lock does not survive a transaction pooler.
+    conn = Database(url=settings.migration_database_url or "", timeout=CLI_DB_TIMEOUT).connect()
     try:
         applied = migrate.apply(conn)
     finally:
@@ -262,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         SealBroken,
         migrate.MigrationError,
     ) as error:
-        print(f"error: {error}", file=sys.stderr)
+        detail = getattr(error, "detail", "")
+        print(f"error: {error}" + (f" ({detail})" if detail else ""), file=sys.stderr)
         return 1
     except DatabaseError as error:
         # A statement the database refused (e.g. a user id its CHECK rejects): its message, no traceback.

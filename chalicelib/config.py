@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 DEBUG_NAMESPACE = "chitty:mcp:chatgpt"
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 LOCAL_ORIGINS = tuple(f"{scheme}://{host}" for scheme in ("http", "https") for host in LOCAL_HOSTS)
-SECRET_SETTINGS = ("OPENAI_API_KEY", "CHITTY_DATABASE_URL", "CHITTY_ENCRYPTION_KEY")
+SECRET_SETTINGS = (
+    "OPENAI_API_KEY",
+    "CHITTY_DATABASE_URL",
+    "CHITTY_MIGRATION_DATABASE_URL",
+    "CHITTY_ENCRYPTION_KEY",
+)
 
 
 class ConfigError(RuntimeError):
@@ -115,6 +120,15 @@ class Settings:
     def encryption_key(self) -> str | None:
         """CHITTY_ENCRYPTION_KEY, which seals stored keys locally (a secret setting)."""
         return self.secret("CHITTY_ENCRYPTION_KEY")
+
+    @property
+    def migration_database_url(self) -> str | None:
+        """CHITTY_MIGRATION_DATABASE_URL, else CHITTY_DATABASE_URL (secret settings).
+
+        Migrations hold a session-level advisory lock across transactions, which a pooler in
+        transaction mode (Neon's -pooler host, PgBouncer) cannot keep: they need a direct URL.
+        """
+        return self.secret("CHITTY_MIGRATION_DATABASE_URL") or self.database_url
 
     def require_database_url(self) -> str:
         if not self.database_url:

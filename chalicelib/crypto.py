@@ -126,6 +126,7 @@ class EnvelopeSealer:
     kms_key_id: str
 
     def seal(self, secret: str, user_id: str, key_id: str) -> Sealed:
+        """Seal `secret` under a new data key; the result carries the data key as KMS wrapped it."""
         data_key = _kms(
             "generate_data_key",
             KeyId=self.kms_key_id,
@@ -172,11 +173,13 @@ class KeyRing:
         return Sealer(parse_key(self.encryption_key))
 
     def seal(self, secret: str, user_id: str, key_id: str) -> Sealed:
+        """Seal a new stored key: a KMS envelope when a KMS key is configured, else under the local key."""
         if self.kms_key_id:
             return EnvelopeSealer(self.kms_key_id).seal(secret, user_id, key_id)
         return self.local.seal(secret, user_id, key_id)
 
     def open(self, sealed: Sealed, user_id: str, key_id: str) -> str:
+        """Open a stored key, the way its row was sealed (SealBroken, KeyServiceError or EncryptionKeyError)."""
         if sealed.wrapped_data_key is not None:
             return open_envelope(sealed, user_id, key_id)
         return self.local.open(sealed, user_id, key_id)

@@ -27,11 +27,8 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 from pg8000.native import literal, to_statement
 
 T = TypeVar("T")
-# sql/ sits beside chalicelib/ in a checkout; a deployment carries it inside chalicelib/.
-SQL_DIR = next(
-    (path for path in (Path(__file__).parent / "sql", Path(__file__).parent.parent / "sql") if path.is_dir()),
-    Path(__file__).parent.parent / "sql",
-)
+# sql/ sits beside chalicelib/ in a checkout and in the deployment too, where the link vendor/sql puts it.
+SQL_DIR = Path(__file__).parent.parent / "sql"
 Row = dict[str, Any]
 
 LOCAL_DB_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -41,10 +38,12 @@ _NAME_LINE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
 class DatabaseUnavailable(RuntimeError):
-    """The database cannot be reached right now. Safe to show to users; says nothing secret."""
+    """The database cannot be reached right now. Its message is safe to show to users; `detail`
+    (the driver's or server's reason) is for operators: logs and the admin command line."""
 
-    def __init__(self, message: str = "The database is unavailable; try again shortly.") -> None:
+    def __init__(self, message: str = "The database is unavailable; try again shortly.", detail: str = "") -> None:
         super().__init__(message)
+        self.detail = detail
 
 
 class DatabaseURLError(ValueError):
@@ -220,11 +219,11 @@ class Database:
         try:
             return pg8000.native.Connection(**connect_kwargs(self.url, self.timeout))
         except (InterfaceError, OSError) as error:
-            raise DatabaseUnavailable() from error
+            raise DatabaseUnavailable(detail=str(error.__cause__ or error)) from error
         except DatabaseError as error:
-            if _connection_lost(error) or sqlstate(error) in ("28P01", "28000", "3D000"):
-                raise DatabaseUnavailable() from error
-            raise
+            # Refused at the door (bad password, no such database, not accepting connections, shutting down):
+            # for the server it is all the same, the database cannot be used now.
+            raise DatabaseUnavailable(detail=error_message(error)) from error
 
     def _acquire(self) -> pg8000.native.Connection:
         with self._lock:
@@ -261,6 +260,7 @@ class Database:
                     self._release(conn)
                     raise
                 self._close(conn)
+                self.discard()  # the server dropped one: the idle ones most likely went with it
                 if attempt == 2:
                     raise DatabaseUnavailable() from error
                 continue
@@ -290,6 +290,7 @@ class Database:
             except (InterfaceError, OSError, DatabaseError) as error:
                 if _connection_lost(error):
                     self._close(conn)
+                    self.discard()
                     if attempt == 2 or committing:
                         raise DatabaseUnavailable() from error
                     continue

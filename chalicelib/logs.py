@@ -38,4 +38,5 @@ def _build() -> Logger:
 
 logger = _build()
 # The HTTP client under openai logs every request at INFO, outside the JSON format.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+for _client_logger in ("httpx", "httpx2", "httpcore", "httpcore2"):
+    logging.getLogger(_client_logger).setLevel(logging.WARNING)

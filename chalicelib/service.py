@@ -1,4 +1,4 @@
-"""The service behind the routes: the MCP endpoint and the health check, built once per container."""
+"""The service behind the routes: the MCP endpoint, the health check and migrations, built once per container."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ import logging
 import time
 from typing import Any
 
-from chalicelib import __version__, auth
-from chalicelib.config import get_settings
-from chalicelib.db import DatabaseUnavailable, get_database
+from chalicelib import __version__, auth, telemetry
+from chalicelib.config import ConfigError, get_settings
+from chalicelib.db import Database, DatabaseUnavailable, get_database
 from chalicelib.logs import logger
 from chalicelib.mcp import HttpRequest, HttpResponse, JsonRpcError, McpServer, ServerInfo
 from chalicelib.mcp.errors import UNAVAILABLE
-from chalicelib.migrate import discover
+from chalicelib.migrate import apply, discover
 
 SECRET_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
+# A first migration may take a while; the migrate function's own timeout bounds it.
+MIGRATE_DB_TIMEOUT = 240.0
 INSTRUCTIONS = (
     "ChittyOS ChatGPT: ask OpenAI chat models through tools. chatgpt_complete (or chatgpt_stream) "
     "answers a list of messages; pass session_id to continue a conversation whose history the server "
@@ -50,13 +52,33 @@ def mcp_server() -> McpServer:
     )
 
 
-def handle_mcp(request: HttpRequest) -> HttpResponse:
-    """Answer POST /mcp (and refuse other methods), logging one line for the request."""
+def handle_mcp(request: HttpRequest, request_id: str | None = None) -> HttpResponse:
+    """Answer POST /mcp (and refuse other methods), logging one line and counting a failed tool call.
+
+    `request_id` (API Gateway's) is the correlation_id of every log line written for the request;
+    the request's line also carries the JSON-RPC id as rpc_id.
+    """
     started = time.perf_counter()
-    if logger.log_level <= logging.DEBUG:
-        headers = {name: value for name, value in request.headers.items() if name not in SECRET_HEADERS}
-        logger.debug("mcp request received", extra={"headers": headers, "body_bytes": len(request.body)})
-    response = mcp_server().handle(request)
+    logger.set_correlation_id(request_id)
+    try:
+        if logger.log_level <= logging.DEBUG:
+            headers = {name: value for name, value in request.headers.items() if name not in SECRET_HEADERS}
+            logger.debug("mcp request received", extra={"headers": headers, "body_bytes": len(request.body)})
+        with telemetry.traced("## mcp request") as annotations:
+            response = mcp_server().handle(request)
+            fields = _request_fields(response, started)
+            annotations.update({name: str(fields[name]) for name in ("rpc_method", "tool", "user") if fields[name]})
+        if fields["tool"] and (fields.get("is_error") or "rpc_error" in fields):
+            telemetry.record_tool_error(fields["tool"])
+        logger.info("mcp request", extra=fields)
+        return response
+    finally:
+        # The container's next invocation (a health check, a schedule) is not this request.
+        logger.set_correlation_id(None)
+
+
+def _request_fields(response: HttpResponse, started: float) -> dict[str, Any]:
+    """The fields of a request's log line, from what the protocol layer noted while answering it."""
     log = response.log
     principal = log.pop("principal", None)
     user = principal.user_id if isinstance(principal, auth.Principal) else log.get("user")
@@ -70,8 +92,7 @@ def handle_mcp(request: HttpRequest) -> HttpResponse:
     for key in ("rpc_error", "is_error", "protocol_version", "id"):
         if key in log:
             fields["rpc_id" if key == "id" else key] = log[key]
-    logger.info("mcp request", extra=fields)
-    return response
+    return fields
 
 
 def health() -> tuple[int, dict[str, Any]]:
@@ -79,8 +100,8 @@ def health() -> tuple[int, dict[str, Any]]:
     expected = max((migration.version for migration in discover()), default=0)
     try:
         row = get_database().one("schema_version")
-    except DatabaseUnavailable:
-        logger.warning("health check: database unreachable")
+    except DatabaseUnavailable as error:
+        logger.warning("health check: database unreachable", extra={"detail": error.detail})
         return 503, {"status": "unavailable", "database": "unreachable", "version": __version__}
     schema_version = row["version"] if row else 0
     return 200, {
@@ -90,3 +111,19 @@ def health() -> tuple[int, dict[str, Any]]:
         "schema_expected": expected,
         "version": __version__,
     }
+
+
+def apply_migrations() -> dict[str, Any]:
+    """Apply the pending migrations (the migrate function, invoked once after each deploy)."""
+    url = get_settings().migration_database_url
+    if not url:
+        raise ConfigError("Neither CHITTY_MIGRATION_DATABASE_URL nor CHITTY_DATABASE_URL is set.")
+    conn = Database(url=url, timeout=MIGRATE_DB_TIMEOUT).connect()
+    try:
+        applied = apply(conn)
+        row = conn.run("SELECT coalesce(max(version), 0) FROM schema_migrations")
+    finally:
+        conn.close()
+    answer = {"applied": [migration.file_name for migration in applied], "schema_version": row[0][0]}
+    logger.info("migrations applied", extra=answer)
+    return answer

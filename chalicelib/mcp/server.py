@@ -82,6 +82,7 @@ class _Request:
     principal: Any
     want_events: bool
     want_json: bool
+    authorization: str = ""
 
 
 def _rpc_error(request_id: str | int | None, error: JsonRpcError) -> dict[str, Any]:
@@ -240,6 +241,7 @@ class McpServer:
         if not isinstance(params, dict):
             raise JsonRpcError(INVALID_PARAMS, "Invalid params: params must be an object", http_status=400)
         parsed = self._negotiate(request, request_id, method, params, principal)
+        parsed.authorization = authorization
         log["protocol_version"] = parsed.version
         result, events = self._dispatch(parsed, log)
         reply = {"jsonrpc": "2.0", "id": request_id, "result": result}
@@ -475,7 +477,12 @@ class McpServer:
         if request.want_events and _is_valid_id(token):
             call.progress = _progress_collector(token, events)
         try:
-            tool.validate(arguments)
+            try:
+                tool.validate(arguments)
+            except ToolError:
+                if tool.verifies_credentials:
+                    self._principal(request.authorization, log)  # a dead token hears 401, not about its arguments
+                raise
             answer = tool.handler(call)
         except Unauthenticated:
             raise _unauthorized(token_presented=True) from None

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from chalicelib import auth
+from chalicelib import auth, telemetry
 from chalicelib.config import get_settings
 from chalicelib.crypto import EncryptionKeyError, KeyRing, KeyServiceError, SealBroken, Sealed
-from chalicelib.db import Database
-from chalicelib.mcp import Forbidden, NotFound, Registry, Tool, ToolCall, ToolError, ToolResult
+from chalicelib.db import Database, DatabaseUnavailable
+from chalicelib.mcp import Forbidden, NotFound, Registry, Tool, ToolCall, ToolError, ToolResult, Unavailable
 from chalicelib.mcp.errors import Unauthenticated
 from chalicelib.tools.access import USER_ID_SCHEMA, UUID_PATTERN
 from chalicelib.tools.records import jsonable
@@ -48,7 +48,11 @@ INPUT_SCHEMA = {
             "pattern": UUID_PATTERN,
             "description": "Continue this session: its system prompt and history are sent, and the turn is stored.",
         },
-        "model_config": {"type": "string", "minLength": 1, "maxLength": 100, "description": "A saved model config."},
+        "model_config": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+            "description": "The name of one of your model configs.",
+        },
         "user_id": USER_ID_SCHEMA,
     },
     "required": ["messages"],
@@ -273,19 +277,27 @@ def register(registry: Registry, db: Database) -> None:
         except ToolError as error:
             failure = error
             outcome = {"status": "error", "model": request.model, "error": error.message, "latency_ms": 0}
-        recorded_row = db.one(
-            "record_completion",
-            user_id=prepared["user_id"],
-            session_id=session["id"] if session else None,
-            turn_id=turn_id,
-            messages=json.dumps(args["messages"]),
-            reply=json.dumps(outcome),
-            api_key_id=api_key_id,
-        )
+        try:
+            recorded_row = db.one(
+                "record_completion",
+                user_id=prepared["user_id"],
+                session_id=session["id"] if session else None,
+                turn_id=turn_id,
+                messages=json.dumps(args["messages"]),
+                reply=json.dumps(outcome),
+                api_key_id=api_key_id,
+            )
+        except DatabaseUnavailable:
+            # record_completion is one transaction: nothing of the turn was written.
+            raise Unavailable(
+                "OpenAI answered, but the turn could not be recorded: the database is unavailable; try again "
+                "shortly. Nothing of this turn was saved to the session."
+            ) from None
         assert recorded_row is not None
         recorded = recorded_row["recorded"]
         if isinstance(failure, ToolError):
             raise failure
+        telemetry.record_completion(call.name, outcome["model"], outcome, recorded["reply"].get("cost_usd"))
         if failure is not None:
             data: dict[str, Any] = {"upstream_status": failure.status}
             if failure.retry_after is not None:

@@ -11,7 +11,7 @@ from pg8000.exceptions import DatabaseError
 from chalicelib.crypto import KeyServiceError
 from chalicelib.db import Database, sqlstate
 from chalicelib.mcp import InvalidArguments, NotFound, Registry, Tool, ToolCall, ToolError
-from chalicelib.tools.access import UUID_PATTERN, principal
+from chalicelib.tools.access import USER_ID_SCHEMA, UUID_PATTERN, acting_user, caller_params, principal
 from chalicelib.tools.chat import sealer
 from chalicelib.tools.records import jsonable
 
@@ -87,11 +87,11 @@ def register(registry: Registry, db: Database) -> None:
         return {**_key_record(row), "replaced_key_id": row["replaced_key_id"]}
 
     def list_keys(call: ToolCall) -> dict[str, Any]:
-        rows = db.all("list_api_keys", user_id=principal(call).user_id)
+        rows = db.all("list_api_keys", user_id=acting_user(call))
         return {"keys": [_key_record(row) for row in rows]}
 
     def revoke_key(call: ToolCall) -> dict[str, Any]:
-        row = db.one("revoke_api_key", key_id=call.arguments["key_id"], user_id=principal(call).user_id)
+        row = db.one("revoke_api_key", key_id=call.arguments["key_id"], **caller_params(call))
         if row is None:
             raise NotFound(f"No API key {call.arguments['key_id']}.")
         return _key_record(row)
@@ -129,8 +129,10 @@ def register(registry: Registry, db: Database) -> None:
         Tool(
             name="chitty_api_key_list",
             title="List your OpenAI API keys",
-            description="Your stored OpenAI keys, masked to their last four characters, newest first.",
-            input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+            description=(
+                "Your stored OpenAI keys (admins: any user's), masked to their last four characters, newest first."
+            ),
+            input_schema={"type": "object", "properties": {"user_id": USER_ID_SCHEMA}, "additionalProperties": False},
             output_schema={
                 "type": "object",
                 "properties": {"keys": {"type": "array", "items": KEY}},
@@ -145,7 +147,9 @@ def register(registry: Registry, db: Database) -> None:
         Tool(
             name="chitty_api_key_revoke",
             title="Revoke an OpenAI API key",
-            description="Revoke one of your stored keys; completions fall back to the server's key.",
+            description=(
+                "Revoke one of your stored keys (admins: anyone's); completions fall back to the server's key."
+            ),
             input_schema={
                 "type": "object",
                 "properties": {"key_id": {"type": "string", "pattern": UUID_PATTERN, "description": "A UUID."}},

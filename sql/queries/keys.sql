@@ -22,7 +22,7 @@ ORDER BY created_at DESC, id;
 
 -- name: revoke_api_key
 UPDATE api_keys SET status = 'revoked', revoked_at = coalesce(revoked_at, now())
-WHERE id = CAST(:key_id AS uuid) AND user_id = :user_id
+WHERE id = CAST(:key_id AS uuid) AND (user_id = :caller OR CAST(:caller_is_admin AS boolean))
 RETURNING id, label, last_four, status, created_at, revoked_at, last_used_at;
 
 -- name: sealed_api_keys

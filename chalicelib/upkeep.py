@@ -1,0 +1,57 @@
+"""Scheduled upkeep: the usage rollup every few minutes, and the daily round of housekeeping."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from chalicelib.db import Database
+from chalicelib.logs import logger
+
+# Queued completions rolled up per statement: a transaction of bounded size however long the backlog,
+# and a statement well inside CHITTY_DB_TIMEOUT (20,000 rows take under a second).
+REFRESH_BATCH = 20_000
+# A scheduled run starts no new batch after this many seconds, well inside the Lambda timeout (28 s);
+# the next run picks up the rest.
+SCHEDULED_BUDGET_S = 15.0
+
+
+@dataclass(frozen=True)
+class RollUp:
+    """What one refresh did: completions rolled up, statements run, and whether the queue was emptied."""
+
+    rolled_up: int
+    batches: int
+    complete: bool
+
+
+def roll_up_usage(db: Database, budget_s: float | None = None, batch: int = REFRESH_BATCH) -> RollUp:
+    """Roll queued completions into usage_analytics in batches until the queue is empty or the budget is spent."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    rolled_up = batches = 0
+    while True:
+        row = db.one("refresh_usage_analytics", limit=batch)
+        assert row is not None
+        rolled_up += row["rolled_up"]
+        batches += 1
+        if row["rolled_up"] < batch:
+            return RollUp(rolled_up, batches, complete=True)
+        if deadline is not None and time.monotonic() >= deadline:
+            return RollUp(rolled_up, batches, complete=False)
+
+
+def refresh_usage(db: Database) -> dict[str, int | bool]:
+    """The five-minute schedule: roll up what was recorded since the last run, and log the counts."""
+    result = asdict(roll_up_usage(db, budget_s=SCHEDULED_BUDGET_S))
+    logger.info("usage rolled up", extra=result)
+    return result
+
+
+def daily_upkeep(db: Database) -> dict[str, int | bool]:
+    """The daily round: the usage rollup (a safety net for the five-minute runs) and the purge of the
+    reservations of calls that died (they stopped counting when they expired), logged."""
+    result: dict[str, int | bool] = asdict(roll_up_usage(db, budget_s=SCHEDULED_BUDGET_S))
+    purged = db.one("purge_expired_reservations")
+    result["expired_reservations_purged"] = purged["purged"] if purged else 0
+    logger.info("daily upkeep done", extra=result)
+    return result
