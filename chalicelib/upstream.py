@@ -226,7 +226,7 @@ class Upstream:
         return self.backoff * (2 ** (attempt - 1)) * (1 + random.random() / 2)
 
     def _once(self, client: OpenAI, request: CompletionRequest, timeout: float, started: float) -> Reply:
-        completion = client.with_options(timeout=_timeout(timeout)).chat.completions.create(**request.body())
+        completion = client.chat.completions.create(**request.body(), timeout=_timeout(timeout))
         choice = completion.choices[0] if completion.choices else None
         content = (choice.message.content or "") if choice else ""
         usage = _usage(completion.usage) or estimate_usage(request.messages, content)
@@ -248,8 +248,8 @@ class Upstream:
         received: list[str],
         on_delta: Callable[[str], None] | None,
     ) -> Reply:
-        chunks = client.with_options(timeout=_timeout(timeout)).chat.completions.create(
-            **request.body(), stream=True, stream_options={"include_usage": True}
+        chunks = client.chat.completions.create(
+            **request.body(), stream=True, stream_options={"include_usage": True}, timeout=_timeout(timeout)
         )
         watchdog = _cut_off_at(chunks.response, started + self.deadline - time.monotonic())
         try:
