@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +44,22 @@ def _configure(url: str, fake: FakeOpenAI) -> dict[str, str]:
     return env
 
 
-def _quiet_logs() -> None:
-    # The request log line is still formatted (part of the cost), but written to /dev/null.
-    sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the benchmark
-    for handler in logging.getLogger("chitty-chatgpt-mcp").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(sink)
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Send the log lines and EMF metric lines to /dev/null: still produced (part of the cost), not shown."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        handlers = [
+            handler
+            for handler in logging.getLogger("chitty-chatgpt-mcp").handlers
+            if isinstance(handler, logging.StreamHandler)
+        ]
+        streams = [handler.setStream(sink) for handler in handlers]
+        try:
+            yield
+        finally:
+            for handler, stream in zip(handlers, streams, strict=True):
+                if stream is not None:
+                    handler.setStream(stream)
 
 
 def _stats(samples: list[float]) -> dict[str, float]:
@@ -66,7 +78,6 @@ def measure_in_process(
 
     import app
 
-    _quiet_logs()
     direct = openai.OpenAI(api_key=SERVER_KEY, base_url=os.environ["OPENAI_BASE_URL"], max_retries=0)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Accept": "application/json"}
     arguments: dict[str, Any] = {"messages": MESSAGES, "model": "gpt-4o-mini"}
@@ -176,10 +187,11 @@ def main(argv: list[str] | None = None) -> str:
     rows = []
     with FakeOpenAI(delay=args.delay_ms / 1000) as fake:
         env = _configure(url, fake)
-        measured = {
-            "in process, one-off": measure_in_process(fake, token, args.calls, None),
-            "in process, in a session": measure_in_process(fake, token, args.calls, _session(token)),
-        }
+        with quiet():
+            measured = {
+                "in process, one-off": measure_in_process(fake, token, args.calls, None),
+                "in process, in a session": measure_in_process(fake, token, args.calls, _session(token)),
+            }
         if args.http_calls:
             measured["HTTP via chalice local"] = measure_http(env, token, args.http_calls)
     for name, (direct, gateway) in measured.items():

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.environment import fresh_database, machine, table, user_with_token
-from bench.gateway import _configure, _quiet_logs
+from bench.gateway import _configure, quiet
 from devtools.apigateway import LambdaContext, proxy_event
 from devtools.fake_openai import FakeOpenAI
 
@@ -75,14 +75,19 @@ def main(argv: list[str] | None = None) -> str:
         _configure(url, fake)
         import app  # noqa: F401 - warm the container before measuring
 
-        _quiet_logs()
-        run_case(token, 1, 20, shared=False)
-        for shared in (False, True):
-            for callers in (1, 8, 32):
-                rate, trips = run_case(token, callers, args.completions, shared)
-                rows.append(
-                    ["one shared session" if shared else "a session each", str(callers), f"{rate:.0f}", f"{trips:.2f}"]
-                )
+        with quiet():
+            run_case(token, 1, 20, shared=False)
+            for shared in (False, True):
+                for callers in (1, 8, 32):
+                    rate, trips = run_case(token, callers, args.completions, shared)
+                    rows.append(
+                        [
+                            "one shared session" if shared else "a session each",
+                            str(callers),
+                            f"{rate:.0f}",
+                            f"{trips:.2f}",
+                        ]
+                    )
     notes = [
         machine(),
         f"{args.completions} completions per case; upstream answers at once; PostgreSQL on the same machine",
