@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from chalicelib import auth, migrate
@@ -40,6 +46,31 @@ def user_with_token(url: str, user_id: str = "bench-user") -> str:
     db.one("issue_token", user_id=user_id, token_hash=auth.hash_token(token), label="bench", expires_days=None)
     db.discard()
     return token
+
+
+@contextlib.contextmanager
+def upstream_process(delay_s: float) -> Iterator[str]:
+    """A fake OpenAI-compatible server in a process of its own (as a real one would be); yields its base URL."""
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "devtools.fake_openai", "0", str(delay_s)],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                output.seek(0)
+                first = output.readline()
+                if first.startswith("OPENAI_BASE_URL="):
+                    yield first.split("=", 1)[1].strip()
+                    return
+                time.sleep(0.05)
+            raise RuntimeError("the fake upstream did not start")
+        finally:
+            process.terminate()
+            process.wait()
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -25,18 +25,17 @@ from typing import Any
 
 import httpx2
 
-from bench.environment import ROOT, fresh_database, machine, percentile, table, user_with_token
+from bench.environment import ROOT, fresh_database, machine, percentile, table, upstream_process, user_with_token
 from devtools.apigateway import LambdaContext, proxy_event
-from devtools.fake_openai import FakeOpenAI
 
 SERVER_KEY = "sk-bench-" + "k" * 32
 MESSAGES = [{"role": "user", "content": "Summarise the indemnity clause in two sentences."}]
 
 
-def _configure(url: str, fake: FakeOpenAI) -> dict[str, str]:
+def _configure(url: str, base_url: str) -> dict[str, str]:
     env = {
         "CHITTY_DATABASE_URL": url,
-        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_BASE_URL": base_url,
         "OPENAI_API_KEY": SERVER_KEY,
         "CHITTY_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
     }
@@ -70,9 +69,7 @@ def _stats(samples: list[float]) -> dict[str, float]:
     }
 
 
-def measure_in_process(
-    fake: FakeOpenAI, token: str, calls: int, session_id: str | None
-) -> tuple[list[float], list[float]]:
+def measure_in_process(token: str, calls: int, session_id: str | None) -> tuple[list[float], list[float]]:
     """Latencies in ms of direct SDK calls and of gateway calls, alternating."""
     import openai
 
@@ -97,7 +94,7 @@ def measure_in_process(
     for _ in range(60):  # warm both paths; in a session, fill the history window
         app.app(proxy_event("POST", "/mcp", headers, body), context)
     # The direct call sends exactly what the gateway sends upstream (in a session: history included).
-    payload = fake.chat_requests[-1].messages
+    payload = _sent_upstream(session_id)
     for index in range(calls + 50):
         event = proxy_event("POST", "/mcp", headers, body)
         started = time.perf_counter()
@@ -160,6 +157,23 @@ def measure_http(env: dict[str, str], token: str, calls: int) -> tuple[list[floa
         process.wait()
 
 
+def _sent_upstream(session_id: str | None) -> list[dict[str, str]]:
+    """What the gateway sends upstream for the next call: the session's history window, then the message."""
+    if session_id is None:
+        return MESSAGES
+    from chalicelib.config import get_settings
+    from chalicelib.db import connection
+
+    with connection(os.environ["CHITTY_DATABASE_URL"]) as conn:
+        rows = conn.run(
+            "SELECT role, content FROM (SELECT role, content, seq FROM chat_messages "
+            "WHERE session_id = CAST(:s AS uuid) AND status = 'ok' ORDER BY seq DESC LIMIT :n) h ORDER BY seq",
+            s=session_id,
+            n=get_settings().history_messages,
+        )
+    return [{"role": role, "content": content} for role, content in rows] + MESSAGES
+
+
 def _session(token: str) -> str:
     import app
 
@@ -185,12 +199,12 @@ def main(argv: list[str] | None = None) -> str:
     url = fresh_database("chitty_bench_gateway")
     token = user_with_token(url)
     rows = []
-    with FakeOpenAI(delay=args.delay_ms / 1000) as fake:
-        env = _configure(url, fake)
+    with upstream_process(args.delay_ms / 1000) as base_url:
+        env = _configure(url, base_url)
         with quiet():
             measured = {
-                "in process, one-off": measure_in_process(fake, token, args.calls, None),
-                "in process, in a session": measure_in_process(fake, token, args.calls, _session(token)),
+                "in process, one-off": measure_in_process(token, args.calls, None),
+                "in process, in a session": measure_in_process(token, args.calls, _session(token)),
             }
         if args.http_calls:
             measured["HTTP via chalice local"] = measure_http(env, token, args.http_calls)
@@ -210,7 +224,7 @@ def main(argv: list[str] | None = None) -> str:
     header = ["path", "calls", "direct p50", "p95", "p99", "gateway p50", "p95", "p99", "overhead p50", "p99", "ratio"]
     notes = [
         machine(),
-        f"upstream: local OpenAI-compatible server, fixed delay {args.delay_ms:g} ms; times in ms",
+        f"upstream: a local OpenAI-compatible server in its own process, fixed delay {args.delay_ms:g} ms; times in ms",
         "gateway = auth + prepare_completion + upstream + record_completion + cost trigger + log line",
         "in a session, 50 messages of history go upstream each call; the direct call sends the same payload",
     ]

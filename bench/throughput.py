@@ -16,10 +16,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench.environment import fresh_database, machine, table, user_with_token
+from bench.environment import fresh_database, machine, table, upstream_process, user_with_token
 from bench.gateway import _configure, quiet
 from devtools.apigateway import LambdaContext, proxy_event
-from devtools.fake_openai import FakeOpenAI
 
 
 def _call(token: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -71,8 +70,8 @@ def main(argv: list[str] | None = None) -> str:
     url = fresh_database("chitty_bench_throughput")
     token = user_with_token(url)
     rows = []
-    with FakeOpenAI(delay=0.0) as fake:
-        _configure(url, fake)
+    with upstream_process(0.0) as base_url:
+        _configure(url, base_url)
         import app  # noqa: F401 - warm the container before measuring
 
         with quiet():
