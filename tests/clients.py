@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx2
@@ -12,6 +16,7 @@ from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
 MODERN = "2026-07-28"
 ACCEPT_BOTH = "application/json, text/event-stream"
 CLIENT_MODES = ("legacy", MODERN)
@@ -73,3 +78,19 @@ def with_client(url: str, token: str, mode: str, work: Callable[[Client], Awaita
             return await work(client)
 
     return asyncio.run(session())
+
+
+def run_cli(*args: str, database_url: str | None) -> subprocess.CompletedProcess[str]:
+    """`python -m chalicelib.cli ARGS` as an operator runs it, against this database (or none)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("DEBUG", "CHITTY_DATABASE_URL")}
+    if database_url is not None:
+        env["CHITTY_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "chalicelib.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

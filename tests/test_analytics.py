@@ -21,7 +21,7 @@ import pytest
 
 from chalicelib.db import connection
 from chalicelib.upkeep import RollUp, roll_up_usage
-from tests.clients import post
+from tests.clients import post, run_cli
 from tests.conftest import ROOT
 
 MODELS = ("gpt-4o", "gpt-4o-mini-2024-07-18", "o4-mini", "no-such-model")
@@ -620,15 +620,7 @@ def test_the_command_line_refreshes_by_hand(database_url, make_user):
     user = make_user()
     drain(database_url)
     insert(database_url, user.user_id, completions(12, seed=31))
-    env = {key: value for key, value in os.environ.items() if key != "DEBUG"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "chalicelib.cli", "analytics", "refresh"],
-        cwd=ROOT,
-        env={**env, "CHITTY_DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    completed = run_cli("analytics", "refresh", database_url=database_url)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == "rolled up 12 completion(s) into usage_analytics\n"
     assert rollup_of(database_url, user.user_id) == sums_by_hour(database_url, user.user_id)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from chalicelib.db import connection
-from tests.clients import modern_headers, modern_request, post
-from tests.conftest import ROOT
+from tests.clients import modern_headers, modern_request, post, run_cli
 
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 CREATE_SESSION = {
@@ -50,16 +45,7 @@ def expire(database_url, user):
 
 def revoke(database_url, user):
     """Revoke the user's token the way an operator does: with the command line."""
-    env = {**os.environ, "CHITTY_DATABASE_URL": database_url}
-    completed = subprocess.run(
-        [sys.executable, "-m", "chalicelib.cli", "token", "revoke", user.token_id],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = run_cli("token", "revoke", user.token_id, database_url=database_url)
     assert completed.returncode == 0, completed.stderr
     assert user.token_id in completed.stdout
 

@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from chalicelib import auth
 from chalicelib.db import SQL_DIR, Database, load_queries
+from tests.clients import run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str, database_url: str | None) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key not in ("DEBUG", "CHITTY_DATABASE_URL")}
-    if database_url is not None:
-        env["CHITTY_DATABASE_URL"] = database_url
-    return subprocess.run(
-        [sys.executable, "-m", "chalicelib.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+cli = run_cli
 
 
 def new_user_id(prefix: str = "cli") -> str:

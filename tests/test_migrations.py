@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,8 +16,7 @@ import pytest
 from chalicelib import migrate
 from chalicelib.db import connection
 from devtools import embedded
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.clients import run_cli
 
 
 @pytest.fixture
@@ -49,16 +46,7 @@ def table_exists(conn: pg8000.native.Connection, name: str) -> bool:
 
 
 def run_migrate_cli(url: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "DEBUG"}
-    env["CHITTY_DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "chalicelib.cli", "migrate"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli("migrate", database_url=url)
 
 
 def test_migrations_are_applied_in_version_order(fresh_database_url, migrations_copy):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pg8000.native
@@ -17,9 +14,8 @@ import pytest
 
 from chalicelib.db import connection
 from devtools.fake_openai import make_usage
-from tests.clients import MODERN, with_client
+from tests.clients import MODERN, run_cli, with_client
 
-ROOT = Path(__file__).resolve().parent.parent
 MILLION = Decimal(1_000_000)
 # The list prices the product ships with: model -> (input, cached input, output) USD per million tokens.
 SEEDED = {
@@ -133,16 +129,7 @@ def stored_cost(conn: pg8000.native.Connection, message_id: int) -> Decimal | No
 
 
 def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "DEBUG"}
-    env["CHITTY_DATABASE_URL"] = database_url
-    return subprocess.run(
-        [sys.executable, "-m", "chalicelib.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(*args, database_url=database_url)
 
 
 def listed_line(output: str, model: str) -> list[str]:
