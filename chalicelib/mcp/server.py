@@ -370,16 +370,12 @@ class McpServer:
         self._no_cursor(request)
         listed = [entry for family in self.registry.resources for entry in family.list_for(request.principal)]
         result: dict[str, Any] = {"resources": listed}
-        if request.modern:
-            result.update(ttlMs=0, cacheScope="private")
-        return result
+        return _cache_hints(request, result, ttl_ms=0, scope="private")
 
     def _resource_templates_list(self, request: _Request) -> dict[str, Any]:
         self._no_cursor(request)
         result: dict[str, Any] = {"resourceTemplates": [family.describe() for family in self.registry.resources]}
-        if request.modern:
-            result.update(ttlMs=TOOLS_LIST_TTL_MS, cacheScope="public")
-        return result
+        return _cache_hints(request, result, ttl_ms=TOOLS_LIST_TTL_MS, scope="public")
 
     def _resources_read(self, request: _Request) -> dict[str, Any]:
         status = 400 if request.modern else 200
@@ -393,18 +389,14 @@ class McpServer:
             code = INVALID_PARAMS if request.modern else RESOURCE_NOT_FOUND
             raise JsonRpcError(code, "Resource not found", http_status=status, data={"uri": uri})
         result: dict[str, Any] = {"contents": [contents]}
-        if request.modern:
-            result.update(ttlMs=0, cacheScope="private")
-        return result
+        return _cache_hints(request, result, ttl_ms=0, scope="private")
 
     def _prompts_list(self, request: _Request) -> dict[str, Any]:
         self._no_cursor(request)
         listed = [prompt for family in self.registry.prompts for prompt in family.list_for(request.principal)]
         result: dict[str, Any] = {"prompts": listed}
-        if request.modern:
-            # Prompts are per user and change whenever the user edits a template: never cached, never shared.
-            result.update(ttlMs=0, cacheScope="private")
-        return result
+        # Prompts are per user and change whenever the user edits a template: never cached, never shared.
+        return _cache_hints(request, result, ttl_ms=0, scope="private")
 
     def _prompts_get(self, request: _Request) -> dict[str, Any]:
         status = 400 if request.modern else 200
@@ -451,9 +443,7 @@ class McpServer:
     def _tools_list(self, request: _Request) -> dict[str, Any]:
         self._no_cursor(request)
         result: dict[str, Any] = {"tools": [tool.describe() for tool in self.registry.tools.values()]}
-        if request.modern:
-            result.update(ttlMs=TOOLS_LIST_TTL_MS, cacheScope="public")
-        return result
+        return _cache_hints(request, result, ttl_ms=TOOLS_LIST_TTL_MS, scope="public")
 
     def _tools_call(self, request: _Request, events: list[dict[str, Any]], log: dict[str, Any]) -> dict[str, Any]:
         status = 400 if request.modern else 200
@@ -498,6 +488,13 @@ class McpServer:
         log["is_error"] = False
         log.update(call.log_fields)
         return answer.to_result() if isinstance(answer, ToolResult) else ToolResult(structured=answer).to_result()
+
+
+def _cache_hints(request: _Request, result: dict[str, Any], *, ttl_ms: int, scope: str) -> dict[str, Any]:
+    """2026-07-28 list and read results say how long they may be cached, and by whom; earlier eras do not."""
+    if request.modern:
+        result.update(ttlMs=ttl_ms, cacheScope=scope)
+    return result
 
 
 def _progress_collector(
