@@ -1,9 +1,12 @@
-"""CloudWatch metrics (Powertools Metrics, as EMF lines on stdout) and optional X-Ray tracing.
+"""CloudWatch metrics (EMF lines on stdout) and optional X-Ray tracing.
 
-Each event writes its EMF line at once (flush_metrics), so nothing waits for the end of an
-invocation and no handler needs the log_metrics decorator: a Lambda frozen after answering
-has nothing left unflushed. One line per event also keeps each line's dimension set its own
-(a completion's model and tool; a failed call's tool).
+Each event writes its EMF line at once, so nothing waits for the end of an invocation: a
+Lambda frozen after answering has nothing left unflushed. One line per event also keeps each
+line's dimension set its own (a completion's model and tool; a failed call's tool).
+
+The line is written here rather than through Powertools Metrics: its per-metric validation
+cost a tenth of a millisecond per completion (measured), a twentieth of all the gateway adds,
+for a format that is one JSON object (the CloudWatch embedded metric format).
 
 Tracing is off unless CHITTY_TRACING=1; Powertools Tracer (and aws-xray-sdk under it) are
 imported only then.
@@ -13,10 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
-
-from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from chalicelib.config import get_settings
 from chalicelib.logs import SERVICE, logger
@@ -30,36 +34,50 @@ NAMESPACE = "ChittyChatGPT"
 TRACED_MODULES = ("botocore",)
 
 
-def _emit(dimensions: Mapping[str, str], values: Mapping[str, tuple[MetricUnit, float]]) -> None:
-    metrics = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
-    for name, value in dimensions.items():
-        metrics.add_dimension(name=name, value=value)
-    for name, (unit, value) in values.items():
-        metrics.add_metric(name=name, unit=unit, value=value)
-    metrics.flush_metrics()
+COUNT, MILLISECONDS, NONE = "Count", "Milliseconds", "None"
+
+
+def _emit(dimensions: Mapping[str, str], values: Mapping[str, tuple[str, float]]) -> None:
+    """Write one EMF line: the metrics `values` (name: (unit, value)) under `dimensions` and the service."""
+    keys = {**dimensions, "service": SERVICE}
+    line = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [list(keys)],
+                    "Metrics": [{"Name": name, "Unit": unit} for name, (unit, _) in values.items()],
+                }
+            ],
+        },
+        **keys,
+        **{name: value for name, (_, value) in values.items()},
+    }
+    sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
 
 
 def record_completion(tool: str, model: str, outcome: Mapping[str, Any], cost_usd: float | None) -> None:
     """Emit a recorded completion's tokens, cost, upstream latency and error count, by model and tool."""
     failed = outcome.get("status") != "ok"
-    values: dict[str, tuple[MetricUnit, float]] = {
-        "Completions": (MetricUnit.Count, 1),
-        "UpstreamErrors": (MetricUnit.Count, 1 if failed else 0),
-        "UpstreamLatency": (MetricUnit.Milliseconds, outcome.get("latency_ms") or 0),
+    values: dict[str, tuple[str, float]] = {
+        "Completions": (COUNT, 1),
+        "UpstreamErrors": (COUNT, 1 if failed else 0),
+        "UpstreamLatency": (MILLISECONDS, outcome.get("latency_ms") or 0),
     }
     if not failed:
-        values["PromptTokens"] = (MetricUnit.Count, outcome["prompt_tokens"])
-        values["CompletionTokens"] = (MetricUnit.Count, outcome["completion_tokens"])
-        values["CachedTokens"] = (MetricUnit.Count, outcome["cached_tokens"])
-        values["ReasoningTokens"] = (MetricUnit.Count, outcome["reasoning_tokens"])
+        values["PromptTokens"] = (COUNT, outcome["prompt_tokens"])
+        values["CompletionTokens"] = (COUNT, outcome["completion_tokens"])
+        values["CachedTokens"] = (COUNT, outcome["cached_tokens"])
+        values["ReasoningTokens"] = (COUNT, outcome["reasoning_tokens"])
     if cost_usd is not None:
-        values["CostUSD"] = (MetricUnit.NoUnit, float(cost_usd))
+        values["CostUSD"] = (NONE, float(cost_usd))
     _emit({"model": model, "tool": tool}, values)
 
 
 def record_tool_error(tool: str) -> None:
     """Emit one ToolErrors count for a tools/call that answered isError or a JSON-RPC error."""
-    _emit({"tool": tool}, {"ToolErrors": (MetricUnit.Count, 1)})
+    _emit({"tool": tool}, {"ToolErrors": (COUNT, 1)})
 
 
 @functools.lru_cache(maxsize=1)

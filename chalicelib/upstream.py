@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import random
 import socket
 import threading
@@ -231,20 +232,31 @@ class Upstream:
         return self.backoff * (2 ** (attempt - 1)) * (1 + random.random() / 2)
 
     def _once(self, client: OpenAI, request: CompletionRequest, timeout: float, started: float) -> Reply:
-        from openai.types.chat import ChatCompletion
+        import httpx2
 
-        completion = client.post(
-            "/chat/completions", body=request.body(), cast_to=ChatCompletion, options={"timeout": _timeout(timeout)}
+        # The SDK sends, authenticates and maps error statuses to its exceptions; the JSON of a success is
+        # read here, as a dict: building ChatCompletion models costs more than everything else we add.
+        response = client.post(
+            "/chat/completions", body=request.body(), cast_to=httpx2.Response, options={"timeout": _timeout(timeout)}
         )
-        choice = completion.choices[0] if completion.choices else None
-        content = (choice.message.content or "") if choice else ""
-        usage = _usage(completion.usage) or estimate_usage(request.messages, content)
+        try:
+            completion = json.loads(response.content)
+            choices = completion.get("choices") or [{}]
+            choice, message = choices[0], choices[0].get("message") or {}
+        except (ValueError, AttributeError, TypeError) as error:
+            raise UpstreamError(
+                f"OpenAI answered {response.status_code} with a body that is not a chat completion.",
+                status=response.status_code,
+                latency_ms=_ms(started),
+            ) from error
+        content = message.get("content") or ""
+        usage = _usage_of(completion.get("usage")) or estimate_usage(request.messages, content)
         return Reply(
             content=content,
-            model=completion.model or request.model,
-            finish_reason=choice.finish_reason if choice else None,
+            model=completion.get("model") or request.model,
+            finish_reason=choice.get("finish_reason"),
             usage=usage,
-            request_id=getattr(completion, "_request_id", None),
+            request_id=response.headers.get("x-request-id"),
             latency_ms=_ms(started),
         )
 
@@ -351,16 +363,25 @@ def _cut_off_at(response: Any, seconds: float) -> threading.Timer | None:
 
 
 def _usage(usage: Any) -> Usage | None:
-    if usage is None:
+    """Usage from a streamed chunk's model object."""
+    return None if usage is None else _usage_of(usage.model_dump())
+
+
+def _usage_of(usage: Any) -> Usage | None:
+    """Usage from the JSON `usage` object, cached and reasoning details included; None if absent or malformed."""
+    if not isinstance(usage, dict):
         return None
-    prompt_details = getattr(usage, "prompt_tokens_details", None)
-    completion_details = getattr(usage, "completion_tokens_details", None)
-    return Usage(
-        prompt_tokens=usage.prompt_tokens or 0,
-        completion_tokens=usage.completion_tokens or 0,
-        cached_tokens=(getattr(prompt_details, "cached_tokens", None) or 0) if prompt_details else 0,
-        reasoning_tokens=(getattr(completion_details, "reasoning_tokens", None) or 0) if completion_details else 0,
-    )
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    try:
+        return Usage(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+            reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        )
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def _ms(started: float) -> int:

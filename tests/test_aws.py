@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -397,12 +398,15 @@ def test_a_completion_emits_tokens_cost_and_latency_by_model_and_tool_as_emf(com
     assert emf["service"] == "chitty-chatgpt-mcp"
     assert emf["tool"] == "chatgpt_complete"
     assert emf["model"] == answer["model"]
-    # Powertools writes each metric's values as a list: one value per add_metric.
-    assert emf["PromptTokens"] == [answer["usage"]["prompt_tokens"]]
-    assert emf["CompletionTokens"] == [answer["usage"]["completion_tokens"]]
-    assert emf["CostUSD"] == [pytest.approx(answer["cost_usd"])]
-    assert emf["UpstreamLatency"] == [answer["latency_ms"]]
-    assert emf["UpstreamErrors"] == [0]
+    assert emf["PromptTokens"] == answer["usage"]["prompt_tokens"]
+    assert emf["CompletionTokens"] == answer["usage"]["completion_tokens"]
+    assert emf["CostUSD"] == pytest.approx(answer["cost_usd"])
+    assert emf["UpstreamLatency"] == answer["latency_ms"]
+    assert emf["UpstreamErrors"] == 0
+    # What CloudWatch requires of the line: every named metric and dimension is a member beside _aws.
+    assert all(isinstance(emf[metric["Name"]], (int, float)) for metric in directive["Metrics"])
+    assert all(isinstance(emf[name], str) for name in directive["Dimensions"][0])
+    assert abs(emf["_aws"]["Timestamp"] / 1000 - time.time()) < 3600
 
 
 def test_a_failed_completion_counts_an_upstream_error_by_model_and_tool(completion_output):
@@ -412,8 +416,8 @@ def test_a_failed_completion_counts_an_upstream_error_by_model_and_tool(completi
     emf = emf_lines(lines)[1]
 
     assert (emf["model"], emf["tool"]) == ("gpt-4o-mini", "chatgpt_complete")
-    assert emf["UpstreamErrors"] == [1]
-    assert emf["Completions"] == [1]
+    assert emf["UpstreamErrors"] == 1
+    assert emf["Completions"] == 1
     assert "PromptTokens" not in emf
 
 
@@ -424,8 +428,8 @@ def test_a_failed_tool_call_counts_an_error_for_its_tool(completion_output):
     errors = [line for line in emf_lines(lines) if "ToolErrors" in line]
 
     assert [(line["tool"], line["ToolErrors"]) for line in errors] == [
-        ("chatgpt_complete", [1]),
-        ("chitty_chat_session_get", [1]),
+        ("chatgpt_complete", 1),
+        ("chitty_chat_session_get", 1),
     ]
     assert all(
         [set(dimensions) for dimensions in line["_aws"]["CloudWatchMetrics"][0]["Dimensions"]] == [{"service", "tool"}]
