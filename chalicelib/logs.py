@@ -19,12 +19,19 @@ def redact(text: str) -> str:
     return _SECRET.sub("[REDACTED]", text)
 
 
+# What every LogRecord carries; anything else on a record came in through `extra`.
+_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
 class _Redact(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:  # a %-formatted message: scrub what the arguments put in it, too
+            record.msg, record.args = record.getMessage(), ()
         if isinstance(record.msg, str):
             record.msg = redact(record.msg)
-        for key, value in list(record.__dict__.items()):
-            if isinstance(value, str) and key not in ("name", "levelname", "pathname", "filename", "module"):
+        for key in record.__dict__.keys() - _RECORD_ATTRIBUTES:
+            value = record.__dict__[key]
+            if isinstance(value, str):
                 record.__dict__[key] = redact(value)
         return True
 

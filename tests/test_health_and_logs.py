@@ -110,3 +110,23 @@ def test_debug_variable_sets_the_log_level(debug, level):
         check=True,
     )
     assert completed.stdout.strip() == level
+
+
+def test_secrets_are_scrubbed_from_messages_their_arguments_and_extra_fields():
+    script = (
+        "from chalicelib.logs import logger\n"
+        "key = 'sk-proj-' + 'a' * 40\n"
+        "token = 'chitty_' + 'b' * 43\n"
+        "logger.info('calling with %s', key, extra={'detail': 'Bearer ' + token, 'count': 3})\n"
+        "logger.warning('token ' + token)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=os.environ, capture_output=True, text=True, check=True
+    )
+    first, second = (json.loads(line) for line in completed.stdout.splitlines())
+
+    assert "a" * 40 not in completed.stdout
+    assert "b" * 43 not in completed.stdout
+    assert first["message"] == "calling with [REDACTED]"
+    assert (first["detail"], first["count"]) == ("[REDACTED]", 3)
+    assert second["message"] == "token [REDACTED]"

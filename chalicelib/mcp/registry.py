@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -73,6 +74,7 @@ class Tool:
     # The handler checks the bearer token in its own first query (saving a round trip); it receives
     # the caller's unverified credential and raises Unauthenticated if the token is not live.
     verifies_credentials: bool = False
+    _check: Callable[[Any], Any] | None = field(default=None, repr=False)
     _validator: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,17 +101,30 @@ class Tool:
         return entry
 
     def validate(self, arguments: dict[str, Any]) -> None:
-        """Raise ToolError naming the first offending field when the arguments break the schema."""
-        if self._validator is None:
-            from jsonschema import Draft202012Validator
+        """Raise ToolError naming the first offending field when the arguments break the schema.
 
-            self._validator = Draft202012Validator(
-                self.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
-            )
+        A validator compiled from the schema (fastjsonschema) lets valid arguments through in
+        microseconds; what it refuses goes to jsonschema, which names the field best. (jsonschema
+        alone cost a tenth of a millisecond per call, and 180 ms of import on a cold start.)
+        """
+        if self._check is None:
+            import fastjsonschema
+
+            # Our schemas use only keywords that mean the same in draft 7 and 2020-12 (a test checks).
+            self._check = fastjsonschema.compile(self.input_schema, use_default=False)
+        from fastjsonschema import JsonSchemaValueException
+
+        try:
+            self._check(arguments)
+            return
+        except JsonSchemaValueException:
+            pass
+        if self._validator is None:
+            self._validator = reference_validator(self.input_schema)
         from jsonschema.exceptions import best_match
 
         error = best_match(self._validator.iter_errors(arguments))
-        if error is None:
+        if error is None:  # the two agree on every schema here (a test checks)
             return
         location = "/".join(str(part) for part in error.absolute_path)
         field_name = location or _missing_field(error.message) or "arguments"
@@ -120,6 +135,28 @@ class Tool:
             f"Invalid arguments for {self.name}: {field_name}: {_short(message)}",
             data={"field": field_name},
         )
+
+
+# JSON Schema patterns are ECMA-262: `$` ends the string. Python's `$` also matches before a final
+# newline, so "<uuid>\n" would pass a UUID pattern; as fastjsonschema does, `$` is read as `\Z`.
+_END_ANCHOR = re.compile(r"(?<!\\)\$")
+
+
+@functools.lru_cache(maxsize=256)
+def _ecma_pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(_END_ANCHOR.sub(r"\\Z", pattern))
+
+
+def reference_validator(schema: dict[str, Any]) -> Any:
+    """A jsonschema 2020-12 validator for `schema`, with ECMA-262 end anchors in patterns."""
+    from jsonschema import Draft202012Validator, ValidationError, validators
+
+    def pattern(validator: Any, expected: str, instance: Any, _: Any) -> Any:
+        if validator.is_type(instance, "string") and not _ecma_pattern(expected).search(instance):
+            yield ValidationError(f"{instance!r} does not match {expected!r}")
+
+    reference = validators.extend(Draft202012Validator, {"pattern": pattern})
+    return reference(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def _missing_field(message: str) -> str | None:
