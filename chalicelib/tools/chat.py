@@ -192,13 +192,15 @@ def register(registry: Registry, db: Database) -> None:
         max_attempts=settings.upstream_attempts,
     )
 
-    limits = {
-        "default_model": settings.default_model,
-        "limited_max_tokens": settings.limited_max_tokens,
-        "reservation_seconds": int(settings.upstream_timeout) + 60,
-        "server_key": settings.openai_api_key is not None,
-        **settings.default_limits,
-    }
+    limits = json.dumps(
+        {
+            "default_model": settings.default_model,
+            "limited_max_tokens": settings.limited_max_tokens,
+            "reservation_seconds": int(settings.upstream_timeout) + 60,
+            "server_key": settings.openai_api_key is not None,
+            **settings.default_limits,
+        }
+    )
 
     def run(call: ToolCall, stream: bool) -> ToolResult:
         credential = call.principal
@@ -217,7 +219,7 @@ def register(registry: Registry, db: Database) -> None:
             max_tokens=args.get("max_tokens"),
             new_bytes=sum(len(message["content"].encode()) for message in args["messages"]),
             new_messages=len(args["messages"]),
-            settings=json.dumps(limits),
+            settings=limits,
         )
         prepared: dict[str, Any] = row["prepared"] if row else {"error": "unauthenticated"}
         error = prepared.get("error")
@@ -283,8 +285,9 @@ def register(registry: Registry, db: Database) -> None:
                 user_id=prepared["user_id"],
                 session_id=session["id"] if session else None,
                 turn_id=turn_id,
-                messages=json.dumps(args["messages"]),
-                reply=json.dumps(outcome),
+                # Only a session stores what was said; a one-off call sends just its usage.
+                messages=json.dumps(args["messages"]) if session else "[]",
+                reply=json.dumps(outcome if session else {**outcome, "content": None}),
                 api_key_id=api_key_id,
             )
         except DatabaseUnavailable:
