@@ -4,6 +4,11 @@ A Lambda container serves one request at a time, so a single connection, opened 
 use and kept for the life of the container, is all it needs. A connection the server
 dropped (restart, idle timeout, pg_terminate_backend) is replaced and the unit of work
 is retried once when it cannot have committed.
+
+Each named query becomes a prepared statement on the connection the first time it runs
+there: from then on it costs one round trip and no parsing or planning. Behind a pooler
+that does not keep prepared statements (PgBouncer before 1.21, or without
+max_prepared_statements) the queries go as plain statements with their values inlined.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 import re
 import ssl
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +32,8 @@ import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 from pg8000.native import literal, to_statement
 
+from chalicelib.logs import logger
+
 T = TypeVar("T")
 # sql/ sits beside chalicelib/ in a checkout and in the deployment too, where the link vendor/sql puts it.
 SQL_DIR = Path(__file__).parent.parent / "sql"
@@ -34,6 +42,11 @@ Row = dict[str, Any]
 LOCAL_DB_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # SQLSTATE classes and codes that mean the connection is gone, not that the statement failed.
 _CONNECTION_LOST_CODES = frozenset({"57P01", "57P02", "57P03"})
+# A prepared statement that went missing (26000) or a name already taken (42P05): a pooler hands our
+# statements to other server connections. Both arrive before anything was executed.
+_STATEMENTS_NOT_KEPT = frozenset({"26000", "42P05"})
+# "cached plan must not change result type": a migration changed what a prepared statement reads.
+_STALE_PLAN = "0A000"
 _NAME_LINE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
@@ -150,9 +163,10 @@ def _parsed(sql: str) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]
 
 
 def execute(conn: pg8000.native.Connection, sql: str, params: dict[str, Any]) -> list[list[Any]] | None:
-    """Run a query with named parameters in one round trip where that is safe.
+    """Run a query with named parameters, unprepared, in one round trip where that is safe.
 
-    The extended protocol costs pg8000 three round trips a statement (parse, describe,
+    For transactions, and for connections that cannot keep prepared statements. pg8000's
+    unnamed extended protocol costs three round trips a statement (parse, describe,
     execute). When every value is a plain scalar and the server reads standard-conforming
     strings, the values are inlined as literals by pg8000's own quoting, as psycopg2 does,
     and the statement goes in one simple-protocol round trip. Anything else (bytes, NUL
@@ -174,10 +188,10 @@ def execute(conn: pg8000.native.Connection, sql: str, params: dict[str, Any]) ->
     return conn.run(_PLACEHOLDER.sub(lambda match: literals[int(match.group(1)) - 1], statement))
 
 
-def _rows(conn: pg8000.native.Connection, result: list[list[Any]] | None) -> list[Row]:
-    if not result or not conn.columns:
+def _rows(columns: list[dict[str, Any]] | None, result: list[list[Any]] | None) -> list[Row]:
+    if not result or not columns:
         return []
-    names = [column["name"] for column in conn.columns]
+    names = [column["name"] for column in columns]
     return [dict(zip(names, row, strict=True)) for row in result]
 
 
@@ -191,7 +205,8 @@ class Transaction:
 
     def all(self, name: str, **params: Any) -> list[Row]:
         self.database.round_trips += 1
-        return _rows(self.conn, execute(self.conn, self.queries[name], params))
+        result = execute(self.conn, self.queries[name], params)
+        return _rows(self.conn.columns, result)
 
     def one(self, name: str, **params: Any) -> Row | None:
         rows = self.all(name, **params)
@@ -211,7 +226,11 @@ class Database:
     timeout: float = 10.0
     queries: dict[str, str] = field(default_factory=dict)
     round_trips: int = 0
+    prepared: bool = True
     _idle: list[pg8000.native.Connection] = field(default_factory=list, repr=False)
+    _statements: weakref.WeakKeyDictionary[pg8000.native.Connection, dict[str, pg8000.native.PreparedStatement]] = (
+        field(default_factory=weakref.WeakKeyDictionary, repr=False)
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def connect(self) -> pg8000.native.Connection:
@@ -253,11 +272,12 @@ class Database:
         for attempt in (1, 2):
             conn = self._acquire()
             try:
-                self.round_trips += 1
-                rows = _rows(conn, execute(conn, self.queries[name], params))
+                rows = self._run(conn, name, params)
             except (InterfaceError, OSError, DatabaseError) as error:
                 if not _connection_lost(error):
                     self._release(conn)
+                    if attempt == 1 and self._statement_refused(conn, error):
+                        continue  # nothing ran: the same query again, as a plain statement or re-prepared
                     raise
                 self._close(conn)
                 self.discard()  # the server dropped one: the idle ones most likely went with it
@@ -270,6 +290,36 @@ class Database:
             self._release(conn)
             return rows
         raise AssertionError("unreachable")
+
+    def _run(self, conn: pg8000.native.Connection, name: str, params: dict[str, Any]) -> list[Row]:
+        if not params or not self.prepared:
+            self.round_trips += 1
+            result = execute(conn, self.queries[name], params)
+            return _rows(conn.columns, result)
+        statements = self._statements.setdefault(conn, {})
+        statement = statements.get(name)
+        if statement is None:
+            self.round_trips += 1  # parse and describe, once per connection
+            statement = statements[name] = conn.prepare(self.queries[name])
+        self.round_trips += 1
+        result = statement.run(**params)
+        return _rows(statement.columns, result)
+
+    def _statement_refused(self, conn: pg8000.native.Connection, error: BaseException) -> bool:
+        """Forget prepared statements that cannot be used; True when the query may simply run again."""
+        code = sqlstate(error)
+        if self.prepared and code in _STATEMENTS_NOT_KEPT:
+            self.prepared = False
+            logger.warning(
+                "the database connection does not keep prepared statements (a transaction pooler?); "
+                "running plain statements from now on",
+                extra={"sqlstate": code},
+            )
+            return True
+        if code == _STALE_PLAN:
+            self._statements.pop(conn, None)
+            return True
+        return False
 
     def one(self, name: str, **params: Any) -> Row | None:
         rows = self.all(name, **params)

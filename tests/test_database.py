@@ -244,19 +244,91 @@ TRICKY_TEXTS = [
 ]
 
 
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "inlined"])
 @pytest.mark.parametrize("text", TRICKY_TEXTS)
-def test_values_inlined_as_literals_come_back_verbatim(database_url, text):
-    database = Database(url=database_url, queries={"echo": "SELECT CAST(:value AS text) AS value, :n AS n"})
+def test_values_come_back_verbatim_from_prepared_and_inlined_statements(database_url, text, prepared):
+    database = Database(
+        url=database_url,
+        queries={"echo": "SELECT CAST(:value AS text) AS value, CAST(:n AS integer) AS n"},
+        prepared=prepared,
+    )
     try:
         assert database.one("echo", value=text, n=7) == {"value": text, "n": 7}
+        assert database.one("echo", value=text, n=8) == {"value": text, "n": 8}
     finally:
         database.discard()
 
 
-def test_a_nul_character_is_refused_by_the_database_not_smuggled(database_url):
-    database = Database(url=database_url, queries={"echo": "SELECT CAST(:value AS text) AS value"})
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "inlined"])
+def test_a_nul_character_is_refused_by_the_database_not_smuggled(database_url, prepared):
+    database = Database(url=database_url, queries={"echo": "SELECT CAST(:value AS text) AS value"}, prepared=prepared)
     try:
         with pytest.raises(DatabaseError):
             database.one("echo", value="before\x00after")
     finally:
         database.discard()
+
+
+ECHO = {"echo": "SELECT CAST(:value AS integer) + 1 AS value", **BACKEND_PID}
+
+
+def test_a_named_query_is_prepared_once_per_connection_then_takes_one_round_trip(database_url):
+    database = Database(url=database_url, queries=ECHO)
+    try:
+        counts = []
+        for value in (1, 2, 3):
+            before = database.round_trips
+            assert database.one("echo", value=value) == {"value": value + 1}
+            counts.append(database.round_trips - before)
+        assert counts == [2, 1, 1]
+    finally:
+        database.discard()
+
+
+def test_statements_a_pooler_lost_are_replaced_by_plain_statements_and_the_query_answers(database_url):
+    database = Database(url=database_url, queries=ECHO)
+    try:
+        assert database.one("echo", value=1) == {"value": 2}
+        # What a transaction pooler without prepared statement support looks like: the next server
+        # connection has never seen the statement.
+        conn = database._acquire()
+        conn.run("DEALLOCATE ALL")
+        database._release(conn)
+
+        assert database.one("echo", value=41) == {"value": 42}
+        assert database.prepared is False
+        assert database.one("echo", value=1) == {"value": 2}
+    finally:
+        database.discard()
+
+
+def test_a_statement_name_taken_on_the_server_falls_back_to_plain_statements(database_url):
+    database = Database(url=database_url, queries=ECHO)
+    try:
+        conn = database._acquire()
+        conn.run("PREPARE pg8000_statement_0 AS SELECT 1")  # another client's statement, through a pooler
+        database._release(conn)
+
+        assert database.one("echo", value=1) == {"value": 2}
+        assert database.prepared is False
+    finally:
+        database.discard()
+
+
+def test_a_prepared_statement_whose_table_changed_is_prepared_again(database_url):
+    table = f"probe_{uuid.uuid4().hex[:8]}"
+    database = Database(url=database_url, queries={"probe": f"SELECT * FROM {table} WHERE id = CAST(:id AS integer)"})
+    with connection(database_url) as conn:
+        conn.run(f"CREATE TABLE {table} (id integer)")
+        conn.run(f"INSERT INTO {table} VALUES (1)")
+    try:
+        assert database.one("probe", id=1) == {"id": 1}
+        with connection(database_url) as conn:
+            conn.run(f"ALTER TABLE {table} ADD COLUMN label text DEFAULT 'added'")
+
+        assert database.one("probe", id=1) == {"id": 1, "label": "added"}
+        assert database.prepared is True
+    finally:
+        database.discard()
+        with connection(database_url) as conn:
+            conn.run(f"DROP TABLE {table}")
