@@ -32,8 +32,6 @@ import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 from pg8000.native import literal, to_statement
 
-from chalicelib.logs import logger
-
 T = TypeVar("T")
 # sql/ sits beside chalicelib/ in a checkout and in the deployment too, where the link vendor/sql puts it.
 SQL_DIR = Path(__file__).parent.parent / "sql"
@@ -310,6 +308,8 @@ class Database:
         code = sqlstate(error)
         if self.prepared and code in _STATEMENTS_NOT_KEPT:
             self.prepared = False
+            from chalicelib.logs import logger  # not at import: the logger reads the settings
+
             logger.warning(
                 "the database connection does not keep prepared statements (a transaction pooler?); "
                 "running plain statements from now on",
