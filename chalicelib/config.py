@@ -91,6 +91,7 @@ class Settings:
     openai_base_url: str | None
     kms_key_id: str | None
     tracing: bool
+    metrics: bool
     default_model: str
     history_messages: int
     upstream_timeout: float
@@ -155,6 +156,8 @@ def get_settings() -> Settings:
         openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
         kms_key_id=os.environ.get("CHITTY_KMS_KEY_ID") or None,
         tracing=os.environ.get("CHITTY_TRACING", "").strip().lower() in ("1", "true", "yes", "on"),
+        # Powertools' own switch, as the dev stage sets it: no EMF when nothing would collect it.
+        metrics=os.environ.get("POWERTOOLS_METRICS_DISABLED", "").strip().lower() not in ("1", "true", "yes", "on"),
         default_model=os.environ.get("CHITTY_DEFAULT_MODEL", "gpt-4o-mini"),
         history_messages=int(os.environ.get("CHITTY_HISTORY_MESSAGES", "50")),
         # Below API Gateway's 29 s, with room for the two database round trips.

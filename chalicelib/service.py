@@ -53,7 +53,7 @@ def mcp_server() -> McpServer:
 
 
 def handle_mcp(request: HttpRequest, request_id: str | None = None) -> HttpResponse:
-    """Answer POST /mcp (and refuse other methods), logging one line and counting a failed tool call.
+    """Answer POST /mcp (and refuse other methods) and write its log line, which carries its metrics.
 
     `request_id` (API Gateway's) is the correlation_id of every log line written for the request;
     the request's line also carries the JSON-RPC id as rpc_id.
@@ -68,9 +68,15 @@ def handle_mcp(request: HttpRequest, request_id: str | None = None) -> HttpRespo
             response = mcp_server().handle(request)
             fields = _request_fields(response, started)
             annotations.update({name: str(fields[name]) for name in ("rpc_method", "tool", "user") if fields[name]})
+        metrics: list[telemetry.MetricSet] = response.log.pop("metrics", [])
         if fields["tool"] and (fields.get("is_error") or "rpc_error" in fields):
-            telemetry.record_tool_error(fields["tool"])
-        logger.info("mcp request", extra=fields)
+            metrics.append(telemetry.tool_error(fields["tool"]))
+        if not get_settings().metrics:
+            metrics = []
+        if logger.log_level <= logging.INFO:
+            logger.info("mcp request", extra={**fields, **telemetry.emf_members(metrics)} if metrics else fields)
+        elif metrics:
+            telemetry.write(metrics)
         return response
     finally:
         # The container's next invocation (a health check, a schedule) is not this request.

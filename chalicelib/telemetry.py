@@ -1,12 +1,13 @@
-"""CloudWatch metrics (EMF lines on stdout) and optional X-Ray tracing.
+"""CloudWatch metrics in the embedded metric format (EMF), and optional X-Ray tracing.
 
-Each event writes its EMF line at once, so nothing waits for the end of an invocation: a
-Lambda frozen after answering has nothing left unflushed. One line per event also keeps each
-line's dimension set its own (a completion's model and tool; a failed call's tool).
+A request's metrics travel on its log line: the `_aws` directive and the values beside the
+other fields make that JSON line an EMF record, one line per request, written before the
+Lambda answers (nothing is left to flush when it freezes). Each metric set keeps its own
+dimensions (a completion's model and tool; a failed call's tool). When INFO lines are off
+(LOG_LEVEL above INFO), the metrics are written on a line of their own.
 
-The line is written here rather than through Powertools Metrics: its per-metric validation
-cost a tenth of a millisecond per completion (measured), a twentieth of all the gateway adds,
-for a format that is one JSON object (the CloudWatch embedded metric format).
+EMF is built here rather than through Powertools Metrics: its per-metric validation cost a
+tenth of a millisecond per completion (measured), for a format that is one JSON object.
 
 Tracing is off unless CHITTY_TRACING=1; Powertools Tracer (and aws-xray-sdk under it) are
 imported only then.
@@ -19,7 +20,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.config import get_settings
@@ -35,30 +36,35 @@ TRACED_MODULES = ("botocore",)
 
 
 COUNT, MILLISECONDS, NONE = "Count", "Milliseconds", "None"
+# Dimension values, and metric values by name with their unit.
+MetricSet = tuple[Mapping[str, str], Mapping[str, tuple[str, float]]]
 
 
-def _emit(dimensions: Mapping[str, str], values: Mapping[str, tuple[str, float]]) -> None:
-    """Write one EMF line: the metrics `values` (name: (unit, value)) under `dimensions` and the service."""
-    keys = {**dimensions, "service": SERVICE}
-    line = {
-        "_aws": {
-            "Timestamp": int(time.time() * 1000),
-            "CloudWatchMetrics": [
-                {
-                    "Namespace": NAMESPACE,
-                    "Dimensions": [list(keys)],
-                    "Metrics": [{"Name": name, "Unit": unit} for name, (unit, _) in values.items()],
-                }
-            ],
-        },
-        **keys,
-        **{name: value for name, (_, value) in values.items()},
-    }
-    sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
+def emf_members(metric_sets: Sequence[MetricSet]) -> dict[str, Any]:
+    """What makes a JSON log line an EMF record of these metric sets: `_aws`, dimensions, values."""
+    directives: list[dict[str, Any]] = []
+    members: dict[str, Any] = {}
+    for dimensions, values in metric_sets:
+        keys = {**dimensions, "service": SERVICE}
+        directives.append(
+            {
+                "Namespace": NAMESPACE,
+                "Dimensions": [list(keys)],
+                "Metrics": [{"Name": name, "Unit": unit} for name, (unit, _) in values.items()],
+            }
+        )
+        members.update(keys)
+        members.update((name, value) for name, (_, value) in values.items())
+    return {"_aws": {"Timestamp": int(time.time() * 1000), "CloudWatchMetrics": directives}, **members}
 
 
-def record_completion(tool: str, model: str, outcome: Mapping[str, Any], cost_usd: float | None) -> None:
-    """Emit a recorded completion's tokens, cost, upstream latency and error count, by model and tool."""
+def write(metric_sets: Sequence[MetricSet]) -> None:
+    """Write the metric sets as an EMF line of their own."""
+    sys.stdout.write(json.dumps(emf_members(metric_sets), separators=(",", ":")) + "\n")
+
+
+def completion(tool: str, model: str, outcome: Mapping[str, Any], cost_usd: float | None) -> MetricSet:
+    """A recorded completion's tokens, cost, upstream latency and error count, by model and tool."""
     failed = outcome.get("status") != "ok"
     values: dict[str, tuple[str, float]] = {
         "Completions": (COUNT, 1),
@@ -72,12 +78,12 @@ def record_completion(tool: str, model: str, outcome: Mapping[str, Any], cost_us
         values["ReasoningTokens"] = (COUNT, outcome["reasoning_tokens"])
     if cost_usd is not None:
         values["CostUSD"] = (NONE, float(cost_usd))
-    _emit({"model": model, "tool": tool}, values)
+    return {"model": model, "tool": tool}, values
 
 
-def record_tool_error(tool: str) -> None:
-    """Emit one ToolErrors count for a tools/call that answered isError or a JSON-RPC error."""
-    _emit({"tool": tool}, {"ToolErrors": (COUNT, 1)})
+def tool_error(tool: str) -> MetricSet:
+    """One ToolErrors count for a tools/call that answered isError or a JSON-RPC error."""
+    return {"tool": tool}, {"ToolErrors": (COUNT, 1)}
 
 
 @functools.lru_cache(maxsize=1)

@@ -348,9 +348,8 @@ def test_rotating_the_local_encryption_key_leaves_kms_sealed_keys_alone(admin_da
 # Metrics (EMF) and logs
 
 
-@pytest.fixture(scope="module")
-def completion_output(database_url, fake_openai_server, tmp_path_factory):
-    """What one process writes for a completion, a failed completion and a failed tool call: report, JSON lines."""
+def emf_user(database_url) -> str:
+    """A fresh user's token."""
     from chalicelib import auth
     from chalicelib.db import SQL_DIR, Database, load_queries
 
@@ -360,6 +359,12 @@ def completion_output(database_url, fake_openai_server, tmp_path_factory):
     token = auth.new_token()
     db.one("issue_token", user_id=user_id, token_hash=auth.hash_token(token), label="emf", expires_days=None)
     db.discard()
+    return token
+
+
+def probe_three_calls(database_url, fake_openai_server, **env):
+    """A completion, a failed completion and a failed tool call in one process: its report and JSON lines."""
+    token = emf_user(database_url)
     calls = [
         [token, "chatgpt_complete", {"messages": [{"role": "user", "content": "count my tokens"}]}],
         [token, "chatgpt_complete", {"messages": [{"role": "user", "content": "this one fails"}]}],
@@ -368,13 +373,37 @@ def completion_output(database_url, fake_openai_server, tmp_path_factory):
     fake_openai_server.reset()
     fake_openai_server.script(Reply("counted"), bad_request("Refused by the fake."))
     try:
-        return run_probe(server_env(database_url, fake_openai_server), calls)
+        return run_probe({**server_env(database_url, fake_openai_server), **env}, calls)
     finally:
         fake_openai_server.reset()
 
 
+@pytest.fixture(scope="module")
+def completion_output(database_url, fake_openai_server):
+    return probe_three_calls(database_url, fake_openai_server)
+
+
 def emf_lines(lines):
     return [line for line in lines if "_aws" in line]
+
+
+def directive_with(line, metric):
+    """The CloudWatchMetrics directive of an EMF line that names `metric`."""
+    (directive,) = [
+        directive
+        for directive in line["_aws"]["CloudWatchMetrics"]
+        if metric in {entry["Name"] for entry in directive["Metrics"]}
+    ]
+    return directive
+
+
+def assert_valid_emf(line):
+    """What CloudWatch requires of an EMF line: every named metric and dimension is a member beside _aws."""
+    assert abs(line["_aws"]["Timestamp"] / 1000 - time.time()) < 3600
+    for directive in line["_aws"]["CloudWatchMetrics"]:
+        assert directive["Namespace"] == "ChittyChatGPT"
+        assert all(isinstance(line[metric["Name"]], (int, float)) for metric in directive["Metrics"])
+        assert all(isinstance(line[name], str) for dimensions in directive["Dimensions"] for name in dimensions)
 
 
 def test_a_completion_emits_tokens_cost_and_latency_by_model_and_tool_as_emf(completion_output):
@@ -382,8 +411,8 @@ def test_a_completion_emits_tokens_cost_and_latency_by_model_and_tool_as_emf(com
     answer = report["answers"][0]["result"]["structuredContent"]
     emf = emf_lines(lines)[0]
 
-    (directive,) = emf["_aws"]["CloudWatchMetrics"]
-    assert directive["Namespace"] == "ChittyChatGPT"
+    assert_valid_emf(emf)
+    directive = directive_with(emf, "PromptTokens")
     assert [set(dimensions) for dimensions in directive["Dimensions"]] == [{"service", "model", "tool"}]
     assert {metric["Name"] for metric in directive["Metrics"]} >= {
         "Completions",
@@ -403,10 +432,33 @@ def test_a_completion_emits_tokens_cost_and_latency_by_model_and_tool_as_emf(com
     assert emf["CostUSD"] == pytest.approx(answer["cost_usd"])
     assert emf["UpstreamLatency"] == answer["latency_ms"]
     assert emf["UpstreamErrors"] == 0
-    # What CloudWatch requires of the line: every named metric and dimension is a member beside _aws.
-    assert all(isinstance(emf[metric["Name"]], (int, float)) for metric in directive["Metrics"])
-    assert all(isinstance(emf[name], str) for name in directive["Dimensions"][0])
-    assert abs(emf["_aws"]["Timestamp"] / 1000 - time.time()) < 3600
+
+
+def test_the_metrics_ride_on_the_request_log_line(completion_output):
+    _, lines = completion_output
+
+    assert [line.get("message") for line in emf_lines(lines)] == ["mcp request"] * 3
+    assert len([line for line in lines if line.get("message") == "mcp request"]) == 3
+
+
+def test_with_info_lines_off_the_metrics_get_lines_of_their_own(database_url, fake_openai_server):
+    report, lines = probe_three_calls(database_url, fake_openai_server, LOG_LEVEL="WARNING")
+
+    emf = emf_lines(lines)
+    assert [answer["result"]["isError"] for answer in report["answers"]] == [False, True, True]
+    assert [line.get("message") for line in lines] == [None, None, None]
+    for line in emf:
+        assert_valid_emf(line)
+    assert emf[0]["PromptTokens"] == report["answers"][0]["result"]["structuredContent"]["usage"]["prompt_tokens"]
+    assert [line.get("ToolErrors") for line in emf] == [None, 1, 1]
+
+
+def test_with_metrics_disabled_no_line_carries_metrics(database_url, fake_openai_server):
+    report, lines = probe_three_calls(database_url, fake_openai_server, POWERTOOLS_METRICS_DISABLED="true")
+
+    assert [answer["result"]["isError"] for answer in report["answers"]] == [False, True, True]
+    assert [line.get("message") for line in lines] == ["mcp request"] * 3
+    assert emf_lines(lines) == []
 
 
 def test_a_failed_completion_counts_an_upstream_error_by_model_and_tool(completion_output):
@@ -415,6 +467,10 @@ def test_a_failed_completion_counts_an_upstream_error_by_model_and_tool(completi
 
     emf = emf_lines(lines)[1]
 
+    assert_valid_emf(emf)
+    assert [set(dimensions) for dimensions in directive_with(emf, "UpstreamErrors")["Dimensions"]] == [
+        {"service", "model", "tool"}
+    ]
     assert (emf["model"], emf["tool"]) == ("gpt-4o-mini", "chatgpt_complete")
     assert emf["UpstreamErrors"] == 1
     assert emf["Completions"] == 1
@@ -431,10 +487,10 @@ def test_a_failed_tool_call_counts_an_error_for_its_tool(completion_output):
         ("chatgpt_complete", 1),
         ("chitty_chat_session_get", 1),
     ]
-    assert all(
-        [set(dimensions) for dimensions in line["_aws"]["CloudWatchMetrics"][0]["Dimensions"]] == [{"service", "tool"}]
-        for line in errors
-    )
+    for line in errors:
+        assert [set(dimensions) for dimensions in directive_with(line, "ToolErrors")["Dimensions"]] == [
+            {"service", "tool"}
+        ]
 
 
 def test_each_request_log_line_carries_the_api_gateway_request_id_and_the_json_rpc_id(completion_output):

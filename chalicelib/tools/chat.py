@@ -300,7 +300,9 @@ def register(registry: Registry, db: Database) -> None:
         recorded = recorded_row["recorded"]
         if isinstance(failure, ToolError):
             raise failure
-        telemetry.record_completion(call.name, outcome["model"], outcome, recorded["reply"].get("cost_usd"))
+        call.log_fields["metrics"] = [
+            telemetry.completion(call.name, outcome["model"], outcome, recorded["reply"].get("cost_usd"))
+        ]
         if failure is not None:
             data: dict[str, Any] = {"upstream_status": failure.status}
             if failure.retry_after is not None:
