@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
@@ -44,6 +50,36 @@ def _build() -> Logger:
 
 
 logger = _build()
+
+
+def request_line(fields: Mapping[str, Any], correlation_id: str | None) -> None:
+    """Write a request's INFO line, in the Powertools Logger's shape, straight to stdout.
+
+    Every request writes one, so it skips the logging machinery: building a LogRecord, finding
+    the caller and formatting it through Powertools cost a quarter of a millisecond per request
+    in the gateway's hot path (measured), an eighth of all it adds to a completion. Other lines
+    go through `logger`.
+    """
+    now = time.time()
+    line: dict[str, Any] = {
+        "level": "INFO",
+        "location": "handle_mcp",
+        "message": "mcp request",
+        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + f",{int(now * 1000) % 1000:03d}+0000",
+        "service": SERVICE,
+    }
+    if correlation_id:
+        line["correlation_id"] = correlation_id
+    trace = os.environ.get("_X_AMZN_TRACE_ID")
+    if trace:
+        line["xray_trace_id"] = trace.split(";")[0].replace("Root=", "")
+    for key, value in fields.items():
+        if value is not None:
+            line[key] = redact(value) if isinstance(value, str) else value
+    sys.stdout.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
 # The HTTP client under openai logs every request at INFO, outside the JSON format.
 for _client_logger in ("httpx", "httpx2", "httpcore", "httpcore2"):
     logging.getLogger(_client_logger).setLevel(logging.WARNING)

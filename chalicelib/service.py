@@ -10,7 +10,7 @@ from typing import Any
 from chalicelib import __version__, auth, telemetry
 from chalicelib.config import ConfigError, get_settings
 from chalicelib.db import Database, DatabaseUnavailable, get_database
-from chalicelib.logs import logger
+from chalicelib.logs import logger, request_line
 from chalicelib.mcp import HttpRequest, HttpResponse, JsonRpcError, McpServer, ServerInfo
 from chalicelib.mcp.errors import UNAVAILABLE
 from chalicelib.migrate import apply, discover
@@ -74,7 +74,7 @@ def handle_mcp(request: HttpRequest, request_id: str | None = None) -> HttpRespo
         if not get_settings().metrics:
             metrics = []
         if logger.log_level <= logging.INFO:
-            logger.info("mcp request", extra={**fields, **telemetry.emf_members(metrics)} if metrics else fields)
+            request_line({**fields, **telemetry.emf_members(metrics)} if metrics else fields, request_id)
         elif metrics:
             telemetry.write(metrics)
         return response

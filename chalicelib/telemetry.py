@@ -61,6 +61,7 @@ def emf_members(metric_sets: Sequence[MetricSet]) -> dict[str, Any]:
 def write(metric_sets: Sequence[MetricSet]) -> None:
     """Write the metric sets as an EMF line of their own."""
     sys.stdout.write(json.dumps(emf_members(metric_sets), separators=(",", ":")) + "\n")
+    sys.stdout.flush()
 
 
 def completion(tool: str, model: str, outcome: Mapping[str, Any], cost_usd: float | None) -> MetricSet:

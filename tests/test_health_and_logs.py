@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -70,6 +71,10 @@ def test_each_request_logs_one_json_line_with_method_tool_user_status_and_durati
     assert line["is_error"] is False
     assert isinstance(line["duration_ms"], float)
     assert line["service"] == "chitty-chatgpt-mcp"
+    # The shape of every Powertools line, so one Logs Insights query reads them all.
+    assert (line["level"], line["message"]) == ("INFO", "mcp request")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\+0000", line["timestamp"])
+    assert "location" in line
 
 
 def test_tokens_never_reach_the_logs(server, alice):
@@ -79,6 +84,18 @@ def test_tokens_never_reach_the_logs(server, alice):
     text = server.log_text()
     assert alice.token not in text
     assert wrong not in text
+
+
+def test_secrets_a_client_puts_in_the_method_or_the_id_are_scrubbed_from_the_request_line(server, alice):
+    key = "sk-proj-" + "c" * 40
+    token = "chitty_" + "d" * 43
+    post(server.mcp_url, {"jsonrpc": "2.0", "id": f"id {key}", "method": f"Bearer {token}"}, token=alice.token)
+
+    text = server.log_text()
+    assert "c" * 40 not in text
+    assert "d" * 43 not in text
+    (line,) = [line for line in log_lines(server) if line.get("rpc_id") == "id [REDACTED]"]
+    assert line["rpc_method"] == "[REDACTED]"
 
 
 def test_debug_namespace_turns_on_debug_logs_that_still_hide_the_token(database_url, alice, tmp_path):
