@@ -10,6 +10,8 @@ from chalicelib.db import get_database
 from chalicelib.mcp import HttpRequest
 
 app = Chalice(app_name="chitty-chatgpt-mcp", configure_logs=False)
+# JSON and event streams only: no body is binary, so no content type is checked against a binary list.
+app.api.binary_types = []
 
 
 @app.route("/mcp", methods=["POST", "GET", "DELETE"], content_types=["*/*"])
