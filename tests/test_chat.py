@@ -403,3 +403,44 @@ def test_another_users_session_resource_reads_as_not_found(server, alice, bob):
         server.mcp_url, {"jsonrpc": "2.0", "id": 1, "method": "resources/list", "params": {}}, token=bob.token
     ).json()
     assert f"chitty://sessions/{session_id}" not in json.dumps(listed)
+
+
+@pytest.mark.parametrize("in_session", [False, True], ids=["one-off", "session"])
+def test_recording_a_turn_again_writes_nothing_twice_and_answers_the_same(server, db, alice, in_session):
+    # What a retry after an unacknowledged COMMIT does: the same turn id, recorded a second time.
+    session_id = new_session(server, alice) if in_session else None
+    reply = {
+        "status": "ok",
+        "content": "once",
+        "model": "gpt-4o-mini",
+        "finish_reason": "stop",
+        "prompt_tokens": 11,
+        "completion_tokens": 7,
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+        "latency_ms": 3,
+    }
+    arguments = {
+        "user_id": alice.user_id,
+        "session_id": session_id,
+        "turn_id": str(uuid.uuid4()),
+        "messages": json.dumps([{"role": "user", "content": "hello"}] if in_session else []),
+        "reply": json.dumps(reply),
+        "api_key_id": None,
+    }
+
+    first = db.one("record_completion", **arguments)
+    session = {"session_id": session_id, "caller": alice.user_id, "caller_is_admin": False}
+    totals = db.one("get_session", **session) if in_session else None
+    again = db.one("record_completion", **arguments)
+
+    assert again == first
+    assert len(first["recorded"]["message_ids"]) == (2 if in_session else 1)
+    usage = {"prompt_tokens": 11, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 0}}
+    assert Decimal(str(first["recorded"]["reply"]["cost_usd"])) == pytest.approx(cost(usage))
+    turn = rows(
+        db.url, "SELECT count(*) AS n FROM chat_messages WHERE turn_id = CAST(:t AS uuid)", t=arguments["turn_id"]
+    )
+    assert turn == [{"n": 2 if in_session else 1}]
+    if in_session:
+        assert db.one("get_session", **session) == totals

@@ -2,7 +2,8 @@
 -- bench.gateway): a session's sequence number and running totals are now kept by the one
 -- BEFORE INSERT trigger that already locks the session row, the month's spend and the analytics
 -- queue by one statement-level trigger instead of three, and record_completion takes the ids and
--- costs from its INSERT instead of reading the rows back.
+-- costs from its INSERT instead of reading the rows back; a one-off call's single row is one
+-- plain INSERT.
 
 -- Cost first, then the session row: one UPDATE takes the next seq and adds the message to the totals.
 CREATE OR REPLACE FUNCTION chat_messages_before_insert() RETURNS trigger
@@ -88,6 +89,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_prompt integer := coalesce((p_reply ->> 'prompt_tokens')::integer, 0);
     v_completion integer := coalesce((p_reply ->> 'completion_tokens')::integer, 0);
+    reply chat_messages;
     recorded jsonb;
 BEGIN
     -- A retried record of the same turn (after an unacknowledged COMMIT) writes nothing twice.
@@ -101,43 +103,56 @@ BEGIN
         FROM chat_messages m WHERE m.turn_id = p_turn_id;
         RETURN recorded;
     END IF;
-    -- The new messages (stored only in a session), then the reply, which carries the usage. Usage that
-    -- upstream reported inconsistently (cached > prompt) is clamped so a billed turn never fails a CHECK.
-    WITH inserted AS (
-        INSERT INTO chat_messages (session_id, user_id, turn_id, role, content, model, status, error, finish_reason,
-                                   prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens,
-                                   usage_estimated, latency_ms, upstream_request_id)
-        SELECT p_session_id, p_user_id, p_turn_id, m.role, m.content, m.model, coalesce(p_reply ->> 'status', 'ok'),
-               m.error, m.finish_reason, m.prompt_tokens, m.completion_tokens, m.cached_tokens, m.reasoning_tokens,
-               m.usage_estimated, m.latency_ms, m.upstream_request_id
-        FROM (
-            SELECT n.ordinality AS position, n.value ->> 'role' AS role, n.value ->> 'content' AS content,
-                   NULL::text AS model, NULL::text AS error, NULL::text AS finish_reason,
-                   0 AS prompt_tokens, 0 AS completion_tokens, 0 AS cached_tokens, 0 AS reasoning_tokens,
-                   false AS usage_estimated, NULL::integer AS latency_ms, NULL::text AS upstream_request_id
-            FROM jsonb_array_elements(p_messages) WITH ORDINALITY AS n
-            WHERE p_session_id IS NOT NULL
-            UNION ALL
-            SELECT 2147483647, 'assistant',
-                   CASE WHEN p_session_id IS NULL THEN NULL ELSE p_reply ->> 'content' END,
-                   p_reply ->> 'model', p_reply ->> 'error', p_reply ->> 'finish_reason',
-                   v_prompt, v_completion,
-                   least(coalesce((p_reply ->> 'cached_tokens')::integer, 0), v_prompt),
-                   least(coalesce((p_reply ->> 'reasoning_tokens')::integer, 0), v_completion),
-                   coalesce((p_reply ->> 'usage_estimated')::boolean, false),
-                   (p_reply ->> 'latency_ms')::integer,
-                   p_reply ->> 'upstream_request_id'
-        ) m
-        ORDER BY m.position
-        RETURNING id, role, seq, cost_usd, price_missing
-    )
-    SELECT jsonb_build_object(
-               'message_ids', jsonb_agg(i.id ORDER BY i.id),
-               'reply', (jsonb_agg(jsonb_build_object('id', i.id, 'seq', i.seq, 'cost_usd', i.cost_usd,
-                                                      'price_missing', i.price_missing))
-                         FILTER (WHERE i.role = 'assistant')) -> 0)
-    INTO recorded
-    FROM inserted i;
+    -- Usage that upstream reported inconsistently (cached > prompt) is clamped so a billed turn never
+    -- fails a CHECK. A one-off call stores its reply's usage only: one row.
+    IF p_session_id IS NULL THEN
+        INSERT INTO chat_messages (user_id, turn_id, role, model, status, error, finish_reason, prompt_tokens,
+                                   completion_tokens, cached_tokens, reasoning_tokens, usage_estimated, latency_ms,
+                                   upstream_request_id)
+        VALUES (p_user_id, p_turn_id, 'assistant', p_reply ->> 'model', coalesce(p_reply ->> 'status', 'ok'),
+                p_reply ->> 'error', p_reply ->> 'finish_reason', v_prompt, v_completion,
+                least(coalesce((p_reply ->> 'cached_tokens')::integer, 0), v_prompt),
+                least(coalesce((p_reply ->> 'reasoning_tokens')::integer, 0), v_completion),
+                coalesce((p_reply ->> 'usage_estimated')::boolean, false),
+                (p_reply ->> 'latency_ms')::integer, p_reply ->> 'upstream_request_id')
+        RETURNING * INTO reply;
+        recorded := jsonb_build_object('message_ids', jsonb_build_array(reply.id), 'reply', jsonb_build_object(
+            'id', reply.id, 'seq', reply.seq, 'cost_usd', reply.cost_usd, 'price_missing', reply.price_missing));
+    ELSE
+        -- In a session: the new messages in order, then the reply, which carries the usage.
+        WITH inserted AS (
+            INSERT INTO chat_messages (session_id, user_id, turn_id, role, content, model, status, error,
+                                       finish_reason, prompt_tokens, completion_tokens, cached_tokens,
+                                       reasoning_tokens, usage_estimated, latency_ms, upstream_request_id)
+            SELECT p_session_id, p_user_id, p_turn_id, m.role, m.content, m.model,
+                   coalesce(p_reply ->> 'status', 'ok'), m.error, m.finish_reason, m.prompt_tokens,
+                   m.completion_tokens, m.cached_tokens, m.reasoning_tokens, m.usage_estimated, m.latency_ms,
+                   m.upstream_request_id
+            FROM (
+                SELECT n.ordinality AS position, n.value ->> 'role' AS role, n.value ->> 'content' AS content,
+                       NULL::text AS model, NULL::text AS error, NULL::text AS finish_reason,
+                       0 AS prompt_tokens, 0 AS completion_tokens, 0 AS cached_tokens, 0 AS reasoning_tokens,
+                       false AS usage_estimated, NULL::integer AS latency_ms, NULL::text AS upstream_request_id
+                FROM jsonb_array_elements(p_messages) WITH ORDINALITY AS n
+                UNION ALL
+                SELECT 2147483647, 'assistant', p_reply ->> 'content', p_reply ->> 'model', p_reply ->> 'error',
+                       p_reply ->> 'finish_reason', v_prompt, v_completion,
+                       least(coalesce((p_reply ->> 'cached_tokens')::integer, 0), v_prompt),
+                       least(coalesce((p_reply ->> 'reasoning_tokens')::integer, 0), v_completion),
+                       coalesce((p_reply ->> 'usage_estimated')::boolean, false),
+                       (p_reply ->> 'latency_ms')::integer, p_reply ->> 'upstream_request_id'
+            ) m
+            ORDER BY m.position
+            RETURNING id, role, seq, cost_usd, price_missing
+        )
+        SELECT jsonb_build_object(
+                   'message_ids', jsonb_agg(i.id ORDER BY i.id),
+                   'reply', (jsonb_agg(jsonb_build_object('id', i.id, 'seq', i.seq, 'cost_usd', i.cost_usd,
+                                                          'price_missing', i.price_missing))
+                             FILTER (WHERE i.role = 'assistant')) -> 0)
+        INTO recorded
+        FROM inserted i;
+    END IF;
     DELETE FROM usage_reservations WHERE turn_id = p_turn_id;
     IF p_api_key_id IS NOT NULL THEN
         UPDATE api_keys SET last_used_at = now() WHERE id = p_api_key_id;
