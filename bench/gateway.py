@@ -4,7 +4,9 @@ Both paths hit one local OpenAI-compatible server with a fixed delay, alternatin
 call so that drift on a shared machine touches both alike. The gateway path is the Chalice
 app invoked in process with an API Gateway proxy event, warm, exactly as Lambda calls it: it
 authenticates, prepares, calls upstream, records the turn and its cost, and logs a line.
-Usage: python -m bench.gateway [--calls 2000] [--delay-ms 5] [--http-calls 300]
+A second, instrumented pass over one-off calls shows where the gateway's time goes: its two
+database round trips, its upstream call, and everything else it does.
+Usage: python -m bench.gateway [--calls 2000] [--delay-ms 5] [--http-calls 300] [--breakdown-calls 500]
 """
 
 from __future__ import annotations
@@ -110,6 +112,60 @@ def measure_in_process(token: str, calls: int, session_id: str | None) -> tuple[
     return direct_ms, gateway_ms
 
 
+def measure_breakdown(token: str, calls: int) -> dict[str, list[float]]:
+    """One-off calls again, timing the database layer and the upstream call inside each (ms per call)."""
+    import openai
+
+    import app
+    from chalicelib.db import Database
+    from chalicelib.upstream import Upstream
+
+    spent: dict[str, float] = {"database": 0.0, "upstream": 0.0}
+    originals = {"database": (Database, "all", Database.all), "upstream": (Upstream, "complete", Upstream.complete)}
+
+    def timed(part: str, function: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[part] += (time.perf_counter() - started) * 1000
+
+        return run
+
+    direct = openai.OpenAI(api_key=SERVER_KEY, base_url=os.environ["OPENAI_BASE_URL"], max_retries=0)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Accept": "application/json"}
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "chatgpt_complete", "arguments": {"messages": MESSAGES, "model": "gpt-4o-mini"}},
+        }
+    )
+    parts: dict[str, list[float]] = {"direct": [], "database": [], "upstream": [], "rest": []}
+    for part, (owner, name, function) in originals.items():
+        setattr(owner, name, timed(part, function))
+    try:
+        for index in range(calls + 20):
+            event = proxy_event("POST", "/mcp", headers, body)
+            started = time.perf_counter()
+            direct.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+            middle = time.perf_counter()
+            spent.update(database=0.0, upstream=0.0)
+            app.app(event, LambdaContext())
+            total = (time.perf_counter() - middle) * 1000
+            if index >= 20:
+                parts["direct"].append((middle - started) * 1000)
+                parts["database"].append(spent["database"])
+                parts["upstream"].append(spent["upstream"])
+                parts["rest"].append(total - spent["database"] - spent["upstream"])
+    finally:
+        for owner, name, function in originals.values():
+            setattr(owner, name, function)
+    return parts
+
+
 def measure_http(env: dict[str, str], token: str, calls: int) -> tuple[list[float], list[float]]:
     """The same comparison through `chalice local` over HTTP (for reference: its server is not Lambda's)."""
     import openai
@@ -195,6 +251,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--delay-ms", type=float, default=5.0, help="the fake upstream's fixed latency")
     parser.add_argument("--http-calls", type=int, default=300)
+    parser.add_argument("--breakdown-calls", type=int, default=500)
     args = parser.parse_args(argv)
     url = fresh_database("chitty_bench_gateway")
     token = user_with_token(url)
@@ -206,6 +263,7 @@ def main(argv: list[str] | None = None) -> str:
                 "in process, one-off": measure_in_process(token, args.calls, None),
                 "in process, in a session": measure_in_process(token, args.calls, _session(token)),
             }
+            breakdown = measure_breakdown(token, args.breakdown_calls) if args.breakdown_calls else None
         if args.http_calls:
             measured["HTTP via chalice local"] = measure_http(env, token, args.http_calls)
     for name, (direct, gateway) in measured.items():
@@ -228,7 +286,24 @@ def main(argv: list[str] | None = None) -> str:
         "gateway = auth + prepare_completion + upstream + record_completion + cost trigger + log line",
         "in a session, 50 messages of history go upstream each call; the direct call sends the same payload",
     ]
-    return table("Gateway overhead (chatgpt_complete vs the openai SDK directly)", header, rows, notes)
+    report = table("Gateway overhead (chatgpt_complete vs the openai SDK directly)", header, rows, notes)
+    if breakdown:
+        medians = {part: statistics.median(samples) for part, samples in breakdown.items()}
+        shares = [
+            ["two database round trips (prepare_completion, record_completion)", f"{medians['database']:.2f}"],
+            ["protocol, validation, the tool's own code, the log line with its metrics", f"{medians['rest']:.2f}"],
+            ["the gateway's upstream call, less the SDK's create", f"{medians['upstream'] - medians['direct']:+.2f}"],
+        ]
+        report += "\n" + table(
+            "Where a one-off call's overhead goes (medians per call)",
+            ["part", "ms"],
+            shares,
+            [
+                f"{len(breakdown['direct'])} instrumented calls after the measured ones; the parts need not sum to the "
+                "overhead above (medians of separate quantities)"
+            ],
+        )
+    return report
 
 
 if __name__ == "__main__":
