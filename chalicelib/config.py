@@ -84,6 +84,7 @@ class Settings:
     secret_id: str | None
     environment_secrets: dict[str, str] = field(repr=False)
     db_timeout: float
+    db_prepared_statements: bool
     allowed_hosts: tuple[str, ...]
     allowed_origins: tuple[str, ...]
     debug: bool
@@ -149,6 +150,8 @@ def get_settings() -> Settings:
         secret_id=os.environ.get("CHITTY_SECRET_ID") or None,
         environment_secrets={name: os.environ[name] for name in SECRET_SETTINGS if os.environ.get(name)},
         db_timeout=float(os.environ.get("CHITTY_DB_TIMEOUT", "5")),
+        db_prepared_statements=os.environ.get("CHITTY_DB_PREPARED_STATEMENTS", "on").strip().lower()
+        not in ("0", "false", "no", "off"),
         allowed_hosts=_csv("CHITTY_ALLOWED_HOSTS", LOCAL_HOSTS),
         allowed_origins=_csv("CHITTY_ALLOWED_ORIGINS", LOCAL_ORIGINS),
         debug=debug,

@@ -28,11 +28,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import pg8000.core
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 from pg8000.native import literal, to_statement
 
 T = TypeVar("T")
+
+# pg8000 (pinned) writes a Flush after every extended-protocol message, so the server answers one
+# statement in up to three writes (BindComplete, the rows, ReadyForQuery) and the client may wake
+# for each. Every pg8000 exchange ends with a Sync before it reads, and a Sync alone makes the
+# server send everything at once: without the Flushes a statement costs one wake-up, not three.
+pg8000.core.FLUSH_MSG = b""
 # sql/ sits beside chalicelib/ in a checkout and in the deployment too, where the link vendor/sql puts it.
 SQL_DIR = Path(__file__).parent.parent / "sql"
 Row = dict[str, Any]
@@ -378,6 +385,7 @@ def get_database() -> Database:
                 _database = Database(
                     url=settings.require_database_url(),
                     timeout=settings.db_timeout,
+                    prepared=settings.db_prepared_statements,
                     queries=load_queries(SQL_DIR / "queries"),
                 )
     return _database

@@ -332,3 +332,20 @@ def test_a_prepared_statement_whose_table_changed_is_prepared_again(database_url
         database.discard()
         with connection(database_url) as conn:
             conn.run(f"DROP TABLE {table}")
+
+
+@pytest.mark.parametrize(("value", "prepared"), [("off", False), ("0", False), ("on", True), (None, True)])
+def test_prepared_statements_follow_the_setting(monkeypatch, database_url, value, prepared):
+    from chalicelib import config, db
+
+    monkeypatch.setenv("CHITTY_DATABASE_URL", database_url)
+    if value is None:
+        monkeypatch.delenv("CHITTY_DB_PREPARED_STATEMENTS", raising=False)
+    else:
+        monkeypatch.setenv("CHITTY_DB_PREPARED_STATEMENTS", value)
+    monkeypatch.setattr(db, "_database", None)
+    config.get_settings.cache_clear()
+    try:
+        assert db.get_database().prepared is prepared
+    finally:
+        config.get_settings.cache_clear()
