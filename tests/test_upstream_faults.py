@@ -20,6 +20,7 @@ import pytest
 from chalicelib.db import connection
 from devtools.fake_openai import (
     BreakStream,
+    ErrorResponse,
     FakeOpenAI,
     Hang,
     NoUsage,
@@ -216,6 +217,18 @@ def test_an_exhausted_quota_is_not_retried(faulty_server, database_url, fake_ope
     result = complete(faulty_server, alice)
     message = assert_error(result)
     assert "quota" in message
+    assert len(fake_openai.chat_requests) == 1
+    assert_error_turn_recorded(database_url, alice, message)
+
+
+def test_a_success_status_with_a_body_that_is_no_completion_is_a_clear_error(
+    faulty_server, database_url, fake_openai, alice
+):
+    # A proxy's HTML page with a 200, say: the request is not retried (upstream may have billed it).
+    fake_openai.script(ErrorResponse(200, "<html><body>Welcome to the proxy</body></html>"))
+    result = complete(faulty_server, alice)
+    message = assert_error(result)
+    assert "not a chat completion" in message
     assert len(fake_openai.chat_requests) == 1
     assert_error_turn_recorded(database_url, alice, message)
 
