@@ -33,6 +33,16 @@ def _csv(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _flag(name: str, default: bool) -> bool:
+    """An on/off setting: 1/true/yes/on or 0/false/no/off, any case; unset or anything else is `default`."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    return default
+
+
 def _debug_enabled(raw: str) -> bool:
     # DEBUG follows the `debug` package convention: a comma list of namespaces, `*` wildcards.
     for pattern in (part.strip() for part in raw.split(",")):
@@ -150,17 +160,16 @@ def get_settings() -> Settings:
         secret_id=os.environ.get("CHITTY_SECRET_ID") or None,
         environment_secrets={name: os.environ[name] for name in SECRET_SETTINGS if os.environ.get(name)},
         db_timeout=float(os.environ.get("CHITTY_DB_TIMEOUT", "5")),
-        db_prepared_statements=os.environ.get("CHITTY_DB_PREPARED_STATEMENTS", "on").strip().lower()
-        not in ("0", "false", "no", "off"),
+        db_prepared_statements=_flag("CHITTY_DB_PREPARED_STATEMENTS", True),
         allowed_hosts=_csv("CHITTY_ALLOWED_HOSTS", LOCAL_HOSTS),
         allowed_origins=_csv("CHITTY_ALLOWED_ORIGINS", LOCAL_ORIGINS),
         debug=debug,
         log_level="DEBUG" if debug else os.environ.get("LOG_LEVEL", "INFO").upper(),
         openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
         kms_key_id=os.environ.get("CHITTY_KMS_KEY_ID") or None,
-        tracing=os.environ.get("CHITTY_TRACING", "").strip().lower() in ("1", "true", "yes", "on"),
+        tracing=_flag("CHITTY_TRACING", False),
         # Powertools' own switch, as the dev stage sets it: no EMF when nothing would collect it.
-        metrics=os.environ.get("POWERTOOLS_METRICS_DISABLED", "").strip().lower() not in ("1", "true", "yes", "on"),
+        metrics=not _flag("POWERTOOLS_METRICS_DISABLED", False),
         default_model=os.environ.get("CHITTY_DEFAULT_MODEL", "gpt-4o-mini"),
         history_messages=int(os.environ.get("CHITTY_HISTORY_MESSAGES", "50")),
         # Below API Gateway's 29 s, with room for the two database round trips.

@@ -7,8 +7,8 @@ is retried once when it cannot have committed.
 
 Each named query becomes a prepared statement on the connection the first time it runs
 there: from then on it costs one round trip and no parsing or planning. Behind a pooler
-that does not keep prepared statements (PgBouncer before 1.21, or without
-max_prepared_statements) the queries go as plain statements with their values inlined.
+that does not keep prepared statements (CHITTY_DB_PREPARED_STATEMENTS=off, or after the
+first statement such a pooler loses) the queries go as plain statements, values inlined.
 """
 
 from __future__ import annotations

@@ -76,7 +76,12 @@ def request_line(fields: Mapping[str, Any], correlation_id: str | None) -> None:
     for key, value in fields.items():
         if value is not None:
             line[key] = redact(value) if isinstance(value, str) else value
-    sys.stdout.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False, default=str) + "\n")
+    write_line(line)
+
+
+def write_line(record: Mapping[str, Any]) -> None:
+    """Write one JSON object as a line on stdout, flushed (a frozen Lambda keeps nothing buffered)."""
+    sys.stdout.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n")
     sys.stdout.flush()
 
 

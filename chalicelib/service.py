@@ -69,10 +69,10 @@ def handle_mcp(request: HttpRequest, request_id: str | None = None) -> HttpRespo
             fields = _request_fields(response, started)
             annotations.update({name: str(fields[name]) for name in ("rpc_method", "tool", "user") if fields[name]})
         metrics: list[telemetry.MetricSet] = response.log.pop("metrics", [])
-        if fields["tool"] and (fields.get("is_error") or "rpc_error" in fields):
-            metrics.append(telemetry.tool_error(fields["tool"]))
         if not get_settings().metrics:
             metrics = []
+        elif fields["tool"] and (fields.get("is_error") or "rpc_error" in fields):
+            metrics.append(telemetry.tool_error(fields["tool"]))
         if logger.log_level <= logging.INFO:
             request_line({**fields, **telemetry.emf_members(metrics)} if metrics else fields, request_id)
         elif metrics:

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.config import get_settings
-from chalicelib.logs import SERVICE, logger
+from chalicelib.logs import SERVICE, logger, write_line
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Tracer
@@ -60,8 +58,7 @@ def emf_members(metric_sets: Sequence[MetricSet]) -> dict[str, Any]:
 
 def write(metric_sets: Sequence[MetricSet]) -> None:
     """Write the metric sets as an EMF line of their own."""
-    sys.stdout.write(json.dumps(emf_members(metric_sets), separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+    write_line(emf_members(metric_sets))
 
 
 def completion(tool: str, model: str, outcome: Mapping[str, Any], cost_usd: float | None) -> MetricSet:
