@@ -49,9 +49,9 @@ def cmd_migrate(_: argparse.Namespace) -> int:
         applied = migrate.apply(conn)
     finally:
         conn.close()
-    if applied:
-        for migration in applied:
-            print(f"applied {migration.file_name}")
+    if applied.file_names:
+        for file_name in applied.file_names:
+            print(f"applied {file_name}")
     else:
         print("database is up to date")
     return 0

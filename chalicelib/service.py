@@ -7,14 +7,17 @@ import logging
 import time
 from typing import Any
 
+from pg8000.exceptions import DatabaseError
+
 from chalicelib import __version__, auth, telemetry
 from chalicelib.config import ConfigError, get_settings
-from chalicelib.db import Database, DatabaseUnavailable, get_database
+from chalicelib.db import Database, DatabaseUnavailable, get_database, sqlstate
 from chalicelib.logs import logger, request_line
 from chalicelib.mcp import HttpRequest, HttpResponse, JsonRpcError, McpServer, ServerInfo
 from chalicelib.mcp.errors import UNAVAILABLE
-from chalicelib.migrate import apply, discover
+from chalicelib.migrate import apply, expected_schema
 
+UNDEFINED_TABLE = "42P01"
 SECRET_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
 # A first migration may take a while; the migrate function's own timeout bounds it.
 MIGRATE_DB_TIMEOUT = 240.0
@@ -102,21 +105,35 @@ def _request_fields(response: HttpResponse, started: float) -> dict[str, Any]:
 
 
 def health() -> tuple[int, dict[str, Any]]:
-    """The service's health: 200 when the database answers, 503 when it does not."""
-    expected = max((migration.version for migration in discover()), default=0)
+    """The service's health: 200 when the database answers (`degraded` while migrations or
+    definitions are pending), 503 when it does not."""
+    expected_version, expected_definitions = expected_schema()
     try:
-        row = get_database().one("schema_version")
+        schema_version, definitions = _schema_state()
     except DatabaseUnavailable as error:
         logger.warning("health check: database unreachable", extra={"detail": error.detail})
         return 503, {"status": "unavailable", "database": "unreachable", "version": __version__}
-    schema_version = row["version"] if row else 0
+    pending = sorted(name for name, checksum in expected_definitions.items() if definitions.get(name) != checksum)
     return 200, {
-        "status": "ok" if schema_version == expected else "degraded",
+        "status": "ok" if schema_version == expected_version and not pending else "degraded",
         "database": "ok",
         "schema_version": schema_version,
-        "schema_expected": expected,
+        "schema_expected": expected_version,
+        "definitions_pending": pending,
         "version": __version__,
     }
+
+
+def _schema_state() -> tuple[int, dict[str, str]]:
+    """The last migration applied and the checksum of each definition file as applied."""
+    try:
+        row = get_database().one("schema_state")
+    except DatabaseError as error:
+        if sqlstate(error) != UNDEFINED_TABLE:
+            raise
+        # A database that `migrate` has not reached yet: nothing recorded, everything pending.
+        return 0, {}
+    return (row["version"], row["definitions"]) if row else (0, {})
 
 
 def apply_migrations() -> dict[str, Any]:
@@ -130,6 +147,6 @@ def apply_migrations() -> dict[str, Any]:
         row = conn.run("SELECT coalesce(max(version), 0) FROM schema_migrations")
     finally:
         conn.close()
-    answer = {"applied": [migration.file_name for migration in applied], "schema_version": row[0][0]}
+    answer = {"applied": applied.file_names, "schema_version": row[0][0]}
     logger.info("migrations applied", extra=answer)
     return answer

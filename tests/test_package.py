@@ -114,7 +114,8 @@ def test_the_package_alone_migrates_a_fresh_database_and_answers_a_tool_call(pac
     report = json.loads(completed.stdout.strip().splitlines()[-1])
 
     migrations = sorted(path.name for path in (ROOT / "sql" / "migrations").glob("*.sql"))
-    assert report["migrated"]["applied"] == migrations
+    definitions = sorted(f"definitions/{path.name}" for path in (ROOT / "sql" / "definitions").glob("*.sql"))
+    assert report["migrated"]["applied"] == migrations + definitions
     result = report["call"]["result"]
     assert result["isError"] is False, result
     assert result["content"][0]["text"] == "echo: from the package"
@@ -127,7 +128,7 @@ def test_the_package_alone_migrates_a_fresh_database_and_answers_a_tool_call(pac
 def test_the_package_carries_the_sql_and_none_of_the_development_files(package):
     names = package.names
 
-    for folder in ("migrations", "queries"):
+    for folder in ("migrations", "definitions", "queries"):
         shipped = sorted(name.rsplit("/", 1)[1] for name in names if name.startswith(f"sql/{folder}/"))
         assert shipped == sorted(path.name for path in (ROOT / "sql" / folder).glob("*.sql"))
     assert {"app.py", "chalicelib/service.py", "chalicelib/telemetry.py"} <= set(names)

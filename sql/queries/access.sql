@@ -20,5 +20,6 @@ UPDATE access_tokens SET revoked_at = coalesce(revoked_at, now())
 WHERE id = CAST(:token_id AS uuid)
 RETURNING id, user_id, revoked_at;
 
--- name: schema_version
-SELECT coalesce(max(version), 0) AS version FROM schema_migrations;
+-- name: schema_state
+SELECT (SELECT coalesce(max(version), 0) FROM schema_migrations) AS version,
+       (SELECT coalesce(jsonb_object_agg(name, checksum), '{}') FROM schema_definitions) AS definitions;

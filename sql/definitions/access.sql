@@ -1,0 +1,25 @@
+-- Authentication: a bearer token's hash to the user behind it.
+-- The current definition; `migrate` re-applies this file whenever it changes (README: Development).
+
+-- One round trip per request: find the live token, refresh last_used_at at most once a minute.
+CREATE OR REPLACE FUNCTION authenticate_token(p_token_hash text)
+RETURNS TABLE (user_id text, role text, token_id uuid)
+LANGUAGE sql AS $$
+    WITH live AS (
+        SELECT t.id, t.user_id, u.role, t.last_used_at
+        FROM access_tokens t
+        JOIN users u ON u.id = t.user_id
+        WHERE t.token_hash = p_token_hash
+          AND t.revoked_at IS NULL
+          AND (t.expires_at IS NULL OR t.expires_at > now())
+    ), touched AS (
+        UPDATE access_tokens t SET last_used_at = now()
+        FROM live
+        WHERE t.id = live.id
+          AND (live.last_used_at IS NULL OR live.last_used_at < now() - interval '1 minute')
+    )
+    SELECT live.user_id, live.role, live.id FROM live
+$$;
+
+COMMENT ON FUNCTION authenticate_token(text) IS
+    'The user behind a live (not revoked, not expired) token hash, or no row.';

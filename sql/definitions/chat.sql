@@ -1,0 +1,310 @@
+-- Chat and recording: the triggers that price and count every message, and the two round trips
+-- of a completion (prepare_completion, record_completion).
+-- The current definition; `migrate` re-applies this file whenever it changes (README: Development).
+
+-- Cost first, then the session row: one UPDATE takes the next seq and adds the message to the totals.
+CREATE OR REPLACE FUNCTION chat_messages_before_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    price model_pricing;
+BEGIN
+    IF NEW.role = 'assistant' THEN
+        IF NEW.prompt_tokens = 0 AND NEW.completion_tokens = 0 THEN
+            NEW.cost_usd := 0;  -- nothing was billed (a failed call)
+        ELSE
+            price := price_in_force(NEW.model, NEW.created_at);
+            IF price.id IS NULL THEN
+                NEW.cost_usd := NULL;
+                NEW.price_missing := true;
+            ELSE
+                NEW.pricing_id := price.id;
+                NEW.cost_usd := message_cost(price, NEW.prompt_tokens, NEW.cached_tokens, NEW.completion_tokens);
+            END IF;
+        END IF;
+    END IF;
+    IF NEW.session_id IS NOT NULL THEN
+        -- Locks the session row until commit: concurrent turns get consecutive, gap-free numbers,
+        -- and the totals move with them.
+        UPDATE chat_sessions
+        SET last_seq = last_seq + 1,
+            message_count = message_count + CASE WHEN NEW.status = 'ok' THEN 1 ELSE 0 END,
+            prompt_tokens = prompt_tokens + NEW.prompt_tokens,
+            completion_tokens = completion_tokens + NEW.completion_tokens,
+            cached_tokens = cached_tokens + NEW.cached_tokens,
+            reasoning_tokens = reasoning_tokens + NEW.reasoning_tokens,
+            total_cost_usd = total_cost_usd + coalesce(NEW.cost_usd, 0),
+            last_activity_at = greatest(last_activity_at, NEW.created_at)
+        WHERE id = NEW.session_id
+        RETURNING last_seq INTO NEW.seq;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER chat_messages_before_insert BEFORE INSERT ON chat_messages
+    FOR EACH ROW EXECUTE FUNCTION chat_messages_before_insert();
+
+-- The month's spend (read by budget checks) and the analytics queue, filled in the inserting
+-- transaction: a queued row becomes visible to a refresh exactly when its message does.
+CREATE OR REPLACE FUNCTION chat_messages_after_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO usage_monthly AS m (user_id, month, requests, cost_usd)
+    SELECT user_id, date_trunc('month', created_at AT TIME ZONE 'UTC')::date, count(*), coalesce(sum(cost_usd), 0)
+    FROM inserted WHERE role = 'assistant'
+    GROUP BY 1, 2
+    ON CONFLICT (user_id, month) DO UPDATE
+    SET requests = m.requests + EXCLUDED.requests, cost_usd = m.cost_usd + EXCLUDED.cost_usd;
+    INSERT INTO usage_pending (message_id, user_id, model, status, prompt_tokens, completion_tokens, cached_tokens,
+                               reasoning_tokens, cost_usd, latency_ms, created_at)
+    SELECT id, user_id, model, status, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens,
+           cost_usd, latency_ms, created_at
+    FROM inserted WHERE role = 'assistant';
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER chat_messages_after_insert AFTER INSERT ON chat_messages
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION chat_messages_after_insert();
+
+-- Round trip 1: everything a completion needs before it calls the upstream.
+CREATE OR REPLACE FUNCTION prepare_completion(
+    p_token_hash text,
+    p_for_user text,
+    p_session_id uuid,
+    p_model_config text,
+    p_history_limit integer,
+    p_turn_id uuid,
+    p_model text,
+    p_max_tokens integer,
+    p_new_bytes integer,
+    p_new_messages integer,
+    p_settings jsonb
+) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    caller record;
+    target text;
+    session chat_sessions;
+    config model_configs;
+    key api_keys;
+    history jsonb := '[]'::jsonb;
+    history_bytes integer := 0;
+    history_count integer := 0;
+    model text;
+    max_tokens integer;
+    budget numeric;
+    rpm numeric;
+    tpm numeric;
+    used record;
+    price model_pricing;
+    prompt_bound integer;
+    worst_cost numeric;
+    worst_tokens integer;
+BEGIN
+    SELECT * INTO caller FROM authenticate_token(p_token_hash);
+    IF caller.user_id IS NULL THEN
+        RETURN jsonb_build_object('error', 'unauthenticated');
+    END IF;
+    IF p_for_user IS NOT NULL AND p_for_user <> caller.user_id AND caller.role <> 'admin' THEN
+        RETURN jsonb_build_object('error', 'forbidden', 'caller', caller.user_id);
+    END IF;
+    target := coalesce(p_for_user, caller.user_id);
+    IF p_session_id IS NOT NULL THEN
+        SELECT * INTO session FROM chat_sessions s
+        WHERE s.id = p_session_id AND (s.user_id = caller.user_id OR caller.role = 'admin');
+        IF session.id IS NULL OR (p_for_user IS NOT NULL AND session.user_id <> p_for_user) THEN
+            RETURN jsonb_build_object('error', 'session_not_found', 'caller', caller.user_id);
+        END IF;
+        IF session.status <> 'active' THEN
+            RETURN jsonb_build_object('error', 'session_archived', 'caller', caller.user_id);
+        END IF;
+        target := session.user_id;
+        SELECT coalesce(jsonb_agg(jsonb_build_object('role', h.role, 'content', h.content) ORDER BY h.seq), '[]'),
+               coalesce(sum(octet_length(h.content)), 0), count(*)
+        INTO history, history_bytes, history_count
+        FROM (
+            SELECT m.role, m.content, m.seq FROM chat_messages m
+            WHERE m.session_id = p_session_id AND m.status = 'ok' AND m.content IS NOT NULL
+            ORDER BY m.seq DESC
+            LIMIT p_history_limit
+        ) h;
+    ELSIF NOT EXISTS (SELECT 1 FROM users u WHERE u.id = target) THEN
+        RETURN jsonb_build_object('error', 'user_not_found', 'caller', caller.user_id);
+    END IF;
+    IF p_model_config IS NOT NULL THEN
+        SELECT * INTO config FROM model_configs c WHERE c.user_id = target AND c.name = p_model_config;
+        IF config.id IS NULL THEN
+            RETURN jsonb_build_object('error', 'model_config_not_found', 'caller', caller.user_id);
+        END IF;
+    ELSIF session.model_config_id IS NOT NULL THEN
+        SELECT * INTO config FROM model_configs c WHERE c.id = session.model_config_id;
+    END IF;
+    model := coalesce(p_model, config.model, p_settings ->> 'default_model');
+    max_tokens := coalesce(p_max_tokens, config.max_tokens);
+    SELECT * INTO key FROM api_keys k WHERE k.user_id = target AND k.status = 'active';
+    IF key.id IS NULL AND NOT coalesce((p_settings ->> 'server_key')::boolean, false) THEN
+        RETURN jsonb_build_object('error', 'no_api_key', 'caller', caller.user_id);
+    END IF;
+
+    SELECT max(value) FILTER (WHERE kind = 'monthly_budget_usd'),
+           max(value) FILTER (WHERE kind = 'requests_per_minute'),
+           max(value) FILTER (WHERE kind = 'tokens_per_minute')
+    INTO budget, rpm, tpm
+    FROM effective_limits(target, p_settings);
+    IF budget IS NOT NULL OR rpm IS NOT NULL OR tpm IS NOT NULL THEN
+        -- One limit check at a time per user: the check and the reservation are one atomic step.
+        PERFORM pg_advisory_xact_lock(hashtextextended('chitty-usage:' || target, 0));
+        IF max_tokens IS NULL AND (budget IS NOT NULL OR tpm IS NOT NULL) THEN
+            max_tokens := (p_settings ->> 'limited_max_tokens')::integer;
+        END IF;
+        -- Byte-level BPE never makes more tokens than bytes: an upper bound, not a guess.
+        prompt_bound := coalesce(octet_length(coalesce(session.system_prompt, config.system_prompt)), 0)
+                        + history_bytes + p_new_bytes + 4 * (history_count + p_new_messages + 1);
+        worst_tokens := prompt_bound + coalesce(max_tokens, 0);
+        SELECT * INTO used FROM usage_window(target);
+        IF budget IS NOT NULL THEN
+            price := price_in_force(model, now());
+            IF price.id IS NULL THEN
+                RETURN jsonb_build_object('error', 'unpriced_model', 'caller', caller.user_id, 'model', model);
+            END IF;
+            worst_cost := message_cost(price, prompt_bound, 0, max_tokens);
+            IF used.spent_usd + used.reserved_usd + worst_cost > budget THEN
+                RETURN jsonb_build_object(
+                    'error', 'limit', 'caller', caller.user_id, 'user_id', target, 'limit', 'monthly_budget_usd',
+                    'limit_value', budget, 'used', used.spent_usd, 'reserved', used.reserved_usd,
+                    'requested', round(worst_cost, 6), 'resets_at', used.month_start + interval '1 month');
+            END IF;
+        END IF;
+        IF rpm IS NOT NULL AND used.requests_last_minute + used.reserved_requests + 1 > rpm THEN
+            RETURN jsonb_build_object(
+                'error', 'limit', 'caller', caller.user_id, 'user_id', target, 'limit', 'requests_per_minute',
+                'limit_value', rpm, 'used', used.requests_last_minute, 'reserved', used.reserved_requests,
+                'requested', 1,
+                'resets_at', coalesce(used.oldest_in_minute, now()) + interval '1 minute');
+        END IF;
+        IF tpm IS NOT NULL AND used.tokens_last_minute + used.reserved_tokens + worst_tokens > tpm THEN
+            RETURN jsonb_build_object(
+                'error', 'limit', 'caller', caller.user_id, 'user_id', target, 'limit', 'tokens_per_minute',
+                'limit_value', tpm, 'used', used.tokens_last_minute, 'reserved', used.reserved_tokens,
+                'requested', worst_tokens,
+                'resets_at', coalesce(used.oldest_in_minute, now()) + interval '1 minute');
+        END IF;
+        INSERT INTO usage_reservations (turn_id, user_id, cost_usd, tokens, expires_at)
+        VALUES (p_turn_id, target, worst_cost, worst_tokens,
+                now() + make_interval(secs => (p_settings ->> 'reservation_seconds')::integer));
+    END IF;
+
+    RETURN jsonb_build_object(
+        'caller', caller.user_id,
+        'user_id', target,
+        'model', model,
+        'max_tokens', max_tokens,
+        'reserved_usd', worst_cost,
+        'session', CASE WHEN session.id IS NULL THEN NULL ELSE jsonb_build_object(
+            'id', session.id, 'system_prompt', session.system_prompt, 'status', session.status) END,
+        'history', history,
+        'config', CASE WHEN config.id IS NULL THEN NULL ELSE jsonb_build_object(
+            'name', config.name, 'model', config.model, 'temperature', config.temperature,
+            'top_p', config.top_p, 'max_tokens', config.max_tokens, 'system_prompt', config.system_prompt) END,
+        'api_key', CASE WHEN key.id IS NULL THEN NULL ELSE jsonb_build_object(
+            'id', key.id, 'last_four', key.last_four, 'ciphertext', encode(key.ciphertext, 'base64'),
+            'nonce', encode(key.nonce, 'base64'), 'fingerprint', key.key_fingerprint,
+            'wrapped_data_key', encode(key.wrapped_data_key, 'base64')) END
+    );
+END
+$$;
+
+COMMENT ON FUNCTION prepare_completion(text, text, uuid, text, integer, uuid, text, integer, integer, integer, jsonb) IS
+    'Round trip 1 of a completion: authenticate, authorise, load the session, its recent history, the model '
+    'config and the user''s sealed API key, check the limits and reserve the call''s worst case.';
+
+-- Round trip 2: the turn, once.
+CREATE OR REPLACE FUNCTION record_completion(
+    p_user_id text,
+    p_session_id uuid,
+    p_turn_id uuid,
+    p_messages jsonb,
+    p_reply jsonb,
+    p_api_key_id uuid
+) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_prompt integer := coalesce((p_reply ->> 'prompt_tokens')::integer, 0);
+    v_completion integer := coalesce((p_reply ->> 'completion_tokens')::integer, 0);
+    reply chat_messages;
+    recorded jsonb;
+BEGIN
+    -- A retried record of the same turn (after an unacknowledged COMMIT) writes nothing twice.
+    IF EXISTS (SELECT 1 FROM chat_messages WHERE turn_id = p_turn_id) THEN
+        SELECT jsonb_build_object(
+                   'message_ids', jsonb_agg(m.id ORDER BY m.id),
+                   'reply', (jsonb_agg(jsonb_build_object('id', m.id, 'seq', m.seq, 'cost_usd', m.cost_usd,
+                                                          'price_missing', m.price_missing) ORDER BY m.id DESC)
+                             FILTER (WHERE m.role = 'assistant')) -> 0)
+        INTO recorded
+        FROM chat_messages m WHERE m.turn_id = p_turn_id;
+        RETURN recorded;
+    END IF;
+    -- Usage that upstream reported inconsistently (cached > prompt) is clamped so a billed turn never
+    -- fails a CHECK. A one-off call stores its reply's usage only: one row.
+    IF p_session_id IS NULL THEN
+        INSERT INTO chat_messages (user_id, turn_id, role, model, status, error, finish_reason, prompt_tokens,
+                                   completion_tokens, cached_tokens, reasoning_tokens, usage_estimated, latency_ms,
+                                   upstream_request_id)
+        VALUES (p_user_id, p_turn_id, 'assistant', p_reply ->> 'model', coalesce(p_reply ->> 'status', 'ok'),
+                p_reply ->> 'error', p_reply ->> 'finish_reason', v_prompt, v_completion,
+                least(coalesce((p_reply ->> 'cached_tokens')::integer, 0), v_prompt),
+                least(coalesce((p_reply ->> 'reasoning_tokens')::integer, 0), v_completion),
+                coalesce((p_reply ->> 'usage_estimated')::boolean, false),
+                (p_reply ->> 'latency_ms')::integer, p_reply ->> 'upstream_request_id')
+        RETURNING * INTO reply;
+        recorded := jsonb_build_object('message_ids', jsonb_build_array(reply.id), 'reply', jsonb_build_object(
+            'id', reply.id, 'seq', reply.seq, 'cost_usd', reply.cost_usd, 'price_missing', reply.price_missing));
+    ELSE
+        -- In a session: the new messages in order, then the reply, which carries the usage.
+        WITH inserted AS (
+            INSERT INTO chat_messages (session_id, user_id, turn_id, role, content, model, status, error,
+                                       finish_reason, prompt_tokens, completion_tokens, cached_tokens,
+                                       reasoning_tokens, usage_estimated, latency_ms, upstream_request_id)
+            SELECT p_session_id, p_user_id, p_turn_id, m.role, m.content, m.model,
+                   coalesce(p_reply ->> 'status', 'ok'), m.error, m.finish_reason, m.prompt_tokens,
+                   m.completion_tokens, m.cached_tokens, m.reasoning_tokens, m.usage_estimated, m.latency_ms,
+                   m.upstream_request_id
+            FROM (
+                SELECT n.ordinality AS position, n.value ->> 'role' AS role, n.value ->> 'content' AS content,
+                       NULL::text AS model, NULL::text AS error, NULL::text AS finish_reason,
+                       0 AS prompt_tokens, 0 AS completion_tokens, 0 AS cached_tokens, 0 AS reasoning_tokens,
+                       false AS usage_estimated, NULL::integer AS latency_ms, NULL::text AS upstream_request_id
+                FROM jsonb_array_elements(p_messages) WITH ORDINALITY AS n
+                UNION ALL
+                SELECT 2147483647, 'assistant', p_reply ->> 'content', p_reply ->> 'model', p_reply ->> 'error',
+                       p_reply ->> 'finish_reason', v_prompt, v_completion,
+                       least(coalesce((p_reply ->> 'cached_tokens')::integer, 0), v_prompt),
+                       least(coalesce((p_reply ->> 'reasoning_tokens')::integer, 0), v_completion),
+                       coalesce((p_reply ->> 'usage_estimated')::boolean, false),
+                       (p_reply ->> 'latency_ms')::integer, p_reply ->> 'upstream_request_id'
+            ) m
+            ORDER BY m.position
+            RETURNING id, role, seq, cost_usd, price_missing
+        )
+        SELECT jsonb_build_object(
+                   'message_ids', jsonb_agg(i.id ORDER BY i.id),
+                   'reply', (jsonb_agg(jsonb_build_object('id', i.id, 'seq', i.seq, 'cost_usd', i.cost_usd,
+                                                          'price_missing', i.price_missing))
+                             FILTER (WHERE i.role = 'assistant')) -> 0)
+        INTO recorded
+        FROM inserted i;
+    END IF;
+    DELETE FROM usage_reservations WHERE turn_id = p_turn_id;
+    IF p_api_key_id IS NOT NULL THEN
+        UPDATE api_keys SET last_used_at = now() WHERE id = p_api_key_id;
+    END IF;
+    RETURN recorded;
+END
+$$;
+
+COMMENT ON FUNCTION record_completion(text, uuid, uuid, jsonb, jsonb, uuid) IS
+    'Round trip 2 of a completion: store the new messages (in a session) and the reply with its usage, settle '
+    'the reservation; cost, seq, session totals, month spend and the analytics queue follow by trigger.';
