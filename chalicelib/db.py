@@ -2,8 +2,11 @@
 
 A Lambda container serves one request at a time, so a single connection, opened on first
 use and kept for the life of the container, is all it needs. A connection the server
-dropped (restart, idle timeout, pg_terminate_backend) is replaced and the unit of work
-is retried once when it cannot have committed.
+dropped while it was idle (restart, idle timeout, pg_terminate_backend) is noticed before
+anything is sent on it and replaced. A statement that was sent is never sent again blindly:
+when its answer does not come (a lost connection, no answer within the timeout), the caller
+learns that its outcome is unknown (`OutcomeUnknown`); only a transaction that had not sent
+its COMMIT is run again, since the server rolls it back.
 
 Each named query becomes a prepared statement on the connection the first time it runs
 there: from then on it costs one round trip and no parsing or planning. Behind a pooler
@@ -18,6 +21,7 @@ import decimal
 import functools
 import math
 import re
+import select
 import ssl
 import threading
 import weakref
@@ -64,6 +68,17 @@ class DatabaseUnavailable(RuntimeError):
         self.detail = detail
 
 
+class OutcomeUnknown(DatabaseUnavailable):
+    """A statement was sent, but its answer never came: it may have run, and even committed."""
+
+    def __init__(
+        self,
+        message: str = "The database did not answer, so whether this was saved is unknown; check before repeating it.",
+        detail: str = "",
+    ) -> None:
+        super().__init__(message, detail)
+
+
 class DatabaseURLError(ValueError):
     """CHITTY_DATABASE_URL cannot be understood."""
 
@@ -85,9 +100,25 @@ def error_message(error: BaseException) -> str:
     return str(error)
 
 
+def _idle_and_alive(conn: pg8000.native.Connection) -> bool:
+    """An idle connection has nothing to read: anything there (the server's goodbye, or the end of the
+    stream) means the server closed it while it sat idle. Checked before a statement is sent on it."""
+    sock = getattr(conn, "_usock", None)
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
 def _connection_lost(error: BaseException) -> bool:
-    if isinstance(error, (InterfaceError, OSError)):
+    if isinstance(error, OSError):
         return True
+    if isinstance(error, InterfaceError):
+        # pg8000 also raises InterfaceError for its own misuse (a missing parameter): that is no lost connection.
+        return isinstance(error.__cause__, OSError) or str(error) in ("network error", "connection is closed")
     code = sqlstate(error)
     return code is not None and (code in _CONNECTION_LOST_CODES or code.startswith("08"))
 
@@ -185,12 +216,20 @@ def execute(conn: pg8000.native.Connection, sql: str, params: dict[str, Any]) ->
         isinstance(value, _INLINE_TYPES)
         and not (isinstance(value, str) and "\x00" in value)
         and not (isinstance(value, float) and not math.isfinite(value))
+        and not (isinstance(value, decimal.Decimal) and not value.is_finite())
         for value in values
     )
     if not inline:
         return conn.run(sql, **params)
-    literals = [literal(value) for value in values]
+    literals = [_inline_literal(value) for value in values]
     return conn.run(_PLACEHOLDER.sub(lambda match: literals[int(match.group(1)) - 1], statement))
+
+
+def _inline_literal(value: Any) -> str:
+    """pg8000's literal, with negative numbers in parentheses: `10-:n` with n = -5 must not become
+    `10--5`, which SQL reads as 10 followed by a comment."""
+    text = literal(value)
+    return f"({text})" if text.startswith("-") else text
 
 
 def _rows(columns: list[dict[str, Any]] | None, result: list[list[Any]] | None) -> list[Row]:
@@ -250,9 +289,16 @@ class Database:
             raise DatabaseUnavailable(detail=error_message(error)) from error
 
     def _acquire(self) -> pg8000.native.Connection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                conn = self._idle.pop()
+            if _idle_and_alive(conn):
+                return conn
+            # The server closed it while it was idle; so it most likely did the others too.
+            self._close(conn)
+            self.discard()
         return self.connect()
 
     def _release(self, conn: pg8000.native.Connection) -> None:
@@ -273,7 +319,11 @@ class Database:
             self._close(conn)
 
     def all(self, name: str, **params: Any) -> list[Row]:
-        """Run one named query as its own transaction; retried once on a dropped connection."""
+        """Run one named query as its own transaction.
+
+        Raises DatabaseUnavailable when no connection can be had, and OutcomeUnknown when the
+        statement was sent but no answer came: it is not sent again, since it may have committed.
+        """
         for attempt in (1, 2):
             conn = self._acquire()
             try:
@@ -286,9 +336,7 @@ class Database:
                     raise
                 self._close(conn)
                 self.discard()  # the server dropped one: the idle ones most likely went with it
-                if attempt == 2:
-                    raise DatabaseUnavailable() from error
-                continue
+                raise OutcomeUnknown(detail=str(error)) from error
             except BaseException:
                 self._close(conn)
                 raise
@@ -348,9 +396,11 @@ class Database:
                 if _connection_lost(error):
                     self._close(conn)
                     self.discard()
-                    if attempt == 2 or committing:
-                        raise DatabaseUnavailable() from error
-                    continue
+                    if committing:
+                        raise OutcomeUnknown(detail=str(error)) from error
+                    if attempt == 2:
+                        raise DatabaseUnavailable(detail=str(error)) from error
+                    continue  # not committed: the server rolls the transaction back
                 self._rollback(conn)
                 raise
             except BaseException:

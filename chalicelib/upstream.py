@@ -4,11 +4,17 @@ Retries are ours, not the SDK's, so that every attempt fits inside one deadline 
 the whole call under API Gateway's 29 seconds: 429 waits as long as Retry-After says when
 that fits, 5xx, timeouts and connection resets back off exponentially, and anything that
 cannot be retried in time becomes an UpstreamError with a message the user can act on.
+
+Money first: an attempt that the upstream began to answer (a stream that broke, ran past the
+deadline, ended without its last event or reported an error midway) was billed, so its usage
+(the prompt, and the text that came back, estimated where the upstream sent no usage) travels
+with the reply or the error, and is recorded like any other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import random
@@ -41,6 +47,7 @@ class UpstreamError(Exception):
         retry_after: float | None = None,
         partial_content: str | None = None,
         latency_ms: int = 0,
+        usage: Usage | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -48,6 +55,7 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
         self.partial_content = partial_content
         self.latency_ms = latency_ms
+        self.usage = usage
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,25 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            estimated=self.estimated or other.estimated,
+        )
+
+
+class _AttemptBroke(Exception):
+    """An attempt the upstream began to answer broke off; `usage` is what it was billed."""
+
+    def __init__(self, cause: BaseException, usage: Usage, *, cut: bool = False) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.usage = usage
+        self.cut = cut
 
 
 @dataclass(frozen=True)
@@ -159,7 +186,32 @@ class Upstream:
         stream: bool = False,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
-        """Ask for one completion, retrying what may be retried within the deadline."""
+        """Ask for one completion, retrying what may be retried within the deadline.
+
+        The reply's usage, or the UpstreamError's, includes what attempts that broke off were billed.
+        """
+        spent: list[Usage] = []
+        try:
+            reply = self._attempts(api_key, request, stream, on_delta, spent)
+        except UpstreamError as error:
+            error.message = _without_key(error.message, api_key)
+            error.args = (error.message,)
+            if spent:
+                billed = sum(spent[1:], spent[0])
+                error.usage = billed + error.usage if error.usage else billed
+            raise
+        if not spent:
+            return reply
+        return dataclasses.replace(reply, usage=sum(spent, reply.usage))
+
+    def _attempts(
+        self,
+        api_key: str,
+        request: CompletionRequest,
+        stream: bool,
+        on_delta: Callable[[str], None] | None,
+        spent: list[Usage],
+    ) -> Reply:
         import openai
 
         started = time.monotonic()
@@ -175,6 +227,23 @@ class Upstream:
                 if stream:
                     return self._stream(client, request, timeout, started, received, on_delta)
                 return self._once(client, request, timeout, started)
+            except _AttemptBroke as broke:
+                delay = self._backoff(attempt)
+                if received:
+                    raise UpstreamError(
+                        _broke_message(broke, sum(map(len, received))),
+                        status=getattr(broke.cause, "status_code", None),
+                        partial_content="".join(received),
+                        latency_ms=_ms(started),
+                        usage=broke.usage,
+                    ) from broke.cause
+                spent.append(broke.usage)
+                if not self._fits(attempt, started, delay):
+                    raise UpstreamError(
+                        _transient_message(broke.cause, attempt),
+                        status=getattr(broke.cause, "status_code", None),
+                        latency_ms=_ms(started),
+                    ) from broke.cause
             except openai.AuthenticationError as error:
                 raise UpstreamError(
                     f"OpenAI rejected the API key ending in ...{_last_four(api_key)} (401). "
@@ -202,14 +271,6 @@ class Upstream:
             except (openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError) as error:
                 status = getattr(error, "status_code", None)
                 delay = self._backoff(attempt)
-                if received:
-                    raise UpstreamError(
-                        f"The OpenAI stream broke after {sum(map(len, received))} characters; "
-                        "the reply is incomplete. Ask again.",
-                        status=status,
-                        partial_content="".join(received),
-                        latency_ms=_ms(started),
-                    ) from error
                 if not self._fits(attempt, started, delay):
                     raise UpstreamError(
                         _transient_message(error, attempt), status=status, latency_ms=_ms(started)
@@ -219,6 +280,11 @@ class Upstream:
                     f"OpenAI refused the request ({error.status_code}): {redact(_error_message(error))}",
                     status=error.status_code,
                     latency_ms=_ms(started),
+                ) from error
+            except openai.APIError as error:
+                # An error the upstream reported in a response it had begun, before any of it was read.
+                raise UpstreamError(
+                    f"OpenAI reported an error: {redact(_error_message(error))}", latency_ms=_ms(started)
                 ) from error
             self.sleep(wait if wait is not None else self._backoff(attempt))
 
@@ -281,17 +347,27 @@ class Upstream:
             options={"timeout": _timeout(timeout)},
         )
         watchdog = _cut_off_at(chunks.response, started + self.deadline - time.monotonic())
+        streamed: dict[str, Any] = {}
         try:
-            model, finish_reason, usage, request_id = self._read_stream(chunks, started, received, on_delta)
-        except UpstreamError:
-            raise
-        except Exception:
+            model, finish_reason, usage, request_id = self._read_stream(chunks, started, received, on_delta, streamed)
+        except Exception as error:
+            # The upstream began answering, so the attempt was billed: what went out and what came back.
+            billed = streamed.get("usage") or estimate_usage(request.messages, "".join(received))
+            if isinstance(error, UpstreamError):
+                error.usage = billed
+                raise
             if time.monotonic() - started >= self.deadline:
-                raise self._overran(started, received) from None
-            raise
+                overran = self._overran(started, received)
+                overran.usage = billed
+                raise overran from None
+            raise _AttemptBroke(error, billed) from error
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+        if finish_reason is None:
+            # The stream ended without its last event (the connection closed early): not a complete answer.
+            cut = ConnectionError("the stream ended before its last event")
+            raise _AttemptBroke(cut, usage or estimate_usage(request.messages, "".join(received)), cut=True)
         content = "".join(received)
         return Reply(
             content=content,
@@ -316,13 +392,14 @@ class Upstream:
         started: float,
         received: list[str],
         on_delta: Callable[[str], None] | None,
+        streamed: dict[str, Any],
     ) -> tuple[str | None, str | None, Usage | None, str | None]:
         model, finish_reason, usage = None, None, None
         with chunks:
             for chunk in chunks:
                 model = chunk.model or model
                 if chunk.usage is not None:
-                    usage = _usage(chunk.usage)
+                    usage = streamed["usage"] = _usage(chunk.usage)
                 for choice in chunk.choices:
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
@@ -406,7 +483,28 @@ def _error_message(error: Any) -> str:
     return str(message)[:300]
 
 
-def _transient_message(error: Exception, attempts: int) -> str:
+def _broke_message(broke: _AttemptBroke, characters: int) -> str:
+    import openai
+
+    if broke.cut:
+        return (
+            f"The OpenAI stream ended after {characters} characters without its last event (the connection closed "
+            "early); the reply is incomplete. Ask again."
+        )
+    if isinstance(broke.cause, openai.APIError) and not isinstance(broke.cause, openai.APIConnectionError):
+        return (
+            f"OpenAI reported an error after {characters} characters of the reply: "
+            f"{redact(_error_message(broke.cause))}. The reply is incomplete; ask again."
+        )
+    return f"The OpenAI stream broke after {characters} characters; the reply is incomplete. Ask again."
+
+
+def _without_key(text: str, api_key: str) -> str:
+    """The caller's key, whatever its shape, removed from a text bound for users, logs and the database."""
+    return text.replace(api_key, "[REDACTED]") if len(api_key) >= 8 else text
+
+
+def _transient_message(error: BaseException, attempts: int) -> str:
     import openai
 
     if isinstance(error, openai.APITimeoutError):

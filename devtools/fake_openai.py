@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Self
 
 __all__ = [
     "BreakStream",
+    "EndStream",
     "ErrorResponse",
     "FakeOpenAI",
     "Hang",
@@ -47,6 +48,7 @@ __all__ = [
     "RecordedRequest",
     "Reply",
     "Reset",
+    "StreamError",
     "bad_request",
     "count_prompt_tokens",
     "count_tokens",
@@ -198,6 +200,23 @@ class BreakStream:
 
 
 @dataclass(frozen=True)
+class StreamError:
+    """On a streamed request: ``after_chunks`` SSE events, then an ``error`` event (as OpenAI sends when a
+    response fails midway), then the end of the stream. ``message`` is the error's text."""
+
+    after_chunks: int = 2
+    message: str = "The server had an error while processing your request. Sorry about that!"
+
+
+@dataclass(frozen=True)
+class EndStream:
+    """On a streamed request: ``after_chunks`` SSE events, then a cleanly terminated body with no finish
+    reason, no usage and no ``data: [DONE]``, as when a proxy ends the response early."""
+
+    after_chunks: int = 2
+
+
+@dataclass(frozen=True)
 class NoUsage:
     """Answer normally but leave out the usage chunk even if ``stream_options.include_usage`` asked for it.
 
@@ -213,7 +232,7 @@ class Reply:
     finish_reason: str = "stop"
 
 
-Behaviour = ErrorResponse | Hang | Reset | BreakStream | NoUsage | Reply
+Behaviour = ErrorResponse | Hang | Reset | BreakStream | StreamError | EndStream | NoUsage | Reply
 """Anything `FakeOpenAI.script` accepts."""
 
 
@@ -480,7 +499,7 @@ class FakeOpenAI:
         ``strict_models``) and ``GET`` requests take none.
         """
         for behaviour in behaviours:
-            if not isinstance(behaviour, ErrorResponse | Hang | Reset | BreakStream | NoUsage | Reply):
+            if not isinstance(behaviour, Behaviour):
                 raise TypeError(f"not a FakeOpenAI behaviour: {behaviour!r}")
         with self._lock:
             self._script.extend(behaviours)
@@ -890,6 +909,12 @@ class _Handler(BaseHTTPRequestHandler):
         for sent, event in enumerate(events):
             if isinstance(behaviour, BreakStream) and sent >= behaviour.after_chunks:
                 self._drop(rst=behaviour.rst)
+            if isinstance(behaviour, StreamError | EndStream) and sent >= behaviour.after_chunks:
+                if isinstance(behaviour, StreamError):
+                    error = openai_error(behaviour.message, "server_error")
+                    self._write_chunk(f"event: error\ndata: {json.dumps(error)}\n\n".encode())
+                self.wfile.write(b"0\r\n\r\n")
+                return
             if isinstance(behaviour, Hang) and behaviour.after_chunks == sent and not fake._sleep(behaviour.seconds):
                 self._drop(rst=False)
             if sent and not fake._sleep(fake.stream_chunk_delay):

@@ -19,6 +19,7 @@ from chalicelib import auth, migrate
 from chalicelib.db import SQL_DIR, Database, connection, load_queries
 from devtools import embedded
 from devtools.fake_openai import FakeOpenAI
+from tests.books import assert_books_balance
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE = str(Path(sys.executable).parent / "chalice")
@@ -45,6 +46,9 @@ def database_url(admin_database_url: str) -> Iterator[str]:
     with connection(url) as conn:
         migrate.apply(conn)
     yield url
+    # After every test of the run, concurrency and fault tests included: the books balance.
+    with connection(url) as conn:
+        assert_books_balance(conn)
     embedded.drop_database(admin_database_url, name)
 
 

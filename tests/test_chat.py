@@ -427,6 +427,7 @@ def test_recording_a_turn_again_writes_nothing_twice_and_answers_the_same(server
         "messages": json.dumps([{"role": "user", "content": "hello"}] if in_session else []),
         "reply": json.dumps(reply),
         "api_key_id": None,
+        "settings": json.dumps({"lock_timeout_ms": 2000}),
     }
 
     first = db.one("record_completion", **arguments)
@@ -434,7 +435,10 @@ def test_recording_a_turn_again_writes_nothing_twice_and_answers_the_same(server
     totals = db.one("get_session", **session) if in_session else None
     again = db.one("record_completion", **arguments)
 
-    assert again == first
+    assert again["recorded"]["already_recorded"] is True
+    assert again["recorded"]["message_ids"] == first["recorded"]["message_ids"]
+    assert again["recorded"]["reply"]["id"] == first["recorded"]["reply"]["id"]
+    assert again["recorded"]["reply"]["cost_usd"] == first["recorded"]["reply"]["cost_usd"]
     assert len(first["recorded"]["message_ids"]) == (2 if in_session else 1)
     usage = {"prompt_tokens": 11, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 0}}
     assert Decimal(str(first["recorded"]["reply"]["cost_usd"])) == pytest.approx(cost(usage))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from decimal import Decimal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,6 +268,33 @@ def test_a_nul_character_is_refused_by_the_database_not_smuggled(database_url, p
             database.one("echo", value="before\x00after")
     finally:
         database.discard()
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "inlined"])
+@pytest.mark.parametrize(("value", "expected"), [(-5, 15), (3, 7)], ids=["negative", "positive"])
+def test_a_negative_number_after_a_minus_sign_is_subtracted_not_a_comment(database_url, prepared, value, expected):
+    database = Database(
+        url=database_url, queries={"minus": "SELECT 10-:n AS value, 'kept' AS after"}, prepared=prepared
+    )
+    try:
+        assert database.one("minus", n=value) == {"value": expected, "after": "kept"}
+    finally:
+        database.discard()
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "inlined"])
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity")])
+def test_a_non_finite_decimal_is_a_numeric_value_not_sql(database_url, prepared, value):
+    database = Database(
+        url=database_url, queries={"echo": "SELECT CAST(:n AS numeric) AS value, 1 AS one"}, prepared=prepared
+    )
+    try:
+        row = database.one("echo", n=value)
+    finally:
+        database.discard()
+    assert row is not None
+    assert str(row["value"]) == str(value)
+    assert row["one"] == 1
 
 
 ECHO = {"echo": "SELECT CAST(:value AS integer) + 1 AS value", **BACKEND_PID}

@@ -43,6 +43,11 @@ def own_session(server, user) -> str:
     return result["structuredContent"]["session_id"]
 
 
+def own_turn(server, user) -> str:
+    result = result_of(server, user.token, "chatgpt_complete", {"messages": HI})
+    return result["structuredContent"]["turn_id"]
+
+
 def own_key(server, user) -> str:
     result = result_of(server, user.token, "chitty_api_key_set", {"api_key": "sk-theirs-" + uuid.uuid4().hex})
     return result["structuredContent"]["key_id"]
@@ -132,6 +137,7 @@ MATRIX: dict[str, list[IdArgument]] = {
         user_id({"messages": HI}),
         config_name("model_config", {"messages": HI}),
     ],
+    "chatgpt_turn_get": [IdArgument("turn_id", own_turn, lambda: str(uuid.uuid4()), "not-a-uuid")],
     "chitty_chat_session_create": [
         user_id({"session_name": "x"}),
         config_name("model_config", {"session_name": "x"}),

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from chalicelib.db import connection
+from chalicelib.upstream import estimate_tokens
 from devtools.fake_openai import (
     BreakStream,
     ErrorResponse,
@@ -128,6 +129,22 @@ def assert_error_turn_recorded(database_url: str, user: User, message: str) -> d
     return row
 
 
+def assert_billed_partial_turn(
+    database_url: str, user: User, message: str, sent: list[dict[str, str]]
+) -> dict[str, Any]:
+    """The user's only completion is an error row with the message shown, billed for what went out and what
+    came back: the prompt and the partial reply, estimated at four characters a token and flagged."""
+    [row] = assistant_rows(database_url, user)
+    assert row["status"] == "error"
+    assert row["error"] == message
+    assert row["usage_estimated"] is True
+    assert row["prompt_tokens"] == sum(estimate_tokens(m["content"]) + 4 for m in sent)
+    assert row["completion_tokens"] == estimate_tokens(row["content"])
+    assert row["completion_tokens"] > 0
+    assert row["cost_usd"] > 0
+    return row
+
+
 def assert_no_part_of_key(text: str, key: str) -> None:
     """Nothing of the key but its last four characters: no eight-character stretch of it appears."""
     for start in range(len(key) - 7):
@@ -173,6 +190,24 @@ def test_a_rejected_stored_key_is_named_by_its_last_four(faulty_server, database
     [sent] = fake_openai.chat_requests
     assert sent.api_key == USER_KEY
     assert_error_turn_recorded(database_url, alice, message)
+
+
+def test_an_upstream_error_that_quotes_the_callers_key_never_shows_it(
+    faulty_server, database_url, fake_openai, alice
+):
+    # An OpenAI-compatible endpoint whose keys are not shaped like OpenAI's, echoing the key and a bearer token.
+    odd_key = "gw-live-" + "k" * 30 + "QRST"
+    assert_ok(call_tool(faulty_server, alice, "chitty_api_key_set", {"api_key": odd_key}))
+    echoed = f"Key {odd_key} is not allowed here (sent as Authorization: Bearer {odd_key}; caller {alice.token})."
+    fake_openai.script(bad_request(echoed))
+    result = complete(faulty_server, alice)
+    message = assert_error(result)
+
+    assert "is not allowed here" in message
+    [row] = assistant_rows(database_url, alice)
+    for place in (json.dumps(result), row["error"], faulty_server.log_text()):
+        assert_no_part_of_key(place, odd_key)
+        assert alice.token not in place
 
 
 # Rate limits (429)
@@ -335,7 +370,7 @@ def test_a_stream_that_breaks_midway_is_an_error_with_the_partial_reply_recorded
     message = assert_error(answer["result"])
     assert "stream broke" in message
     assert len(fake_openai.chat_requests) == 1
-    row = assert_error_turn_recorded(database_url, alice, message)
+    row = assert_billed_partial_turn(database_url, alice, message, ASK)
     assert row["content"] == "echo: hello"
 
 
@@ -351,7 +386,7 @@ def test_a_stream_that_stalls_midway_past_the_budget_is_an_error_with_the_partia
     assert "the reply is incomplete" in message
     assert elapsed < BUDGET + 2
     assert len(fake_openai.chat_requests) == 1
-    assert assert_error_turn_recorded(database_url, alice, message)["content"] == "echo: hello"
+    assert assert_billed_partial_turn(database_url, alice, message, ASK)["content"] == "echo: hello"
 
 
 def test_a_stream_that_runs_past_the_budget_is_cut_at_the_deadline(
@@ -367,7 +402,7 @@ def test_a_stream_that_runs_past_the_budget_is_cut_at_the_deadline(
     assert "the reply is incomplete" in message
     assert elapsed < BUDGET + 2
     assert len(fake_openai.chat_requests) == 1
-    assert assert_error_turn_recorded(database_url, alice, message)["content"].startswith("echo: word0")
+    assert assert_billed_partial_turn(database_url, alice, message, words)["content"].startswith("echo: word0")
 
 
 def test_a_stream_that_breaks_before_any_text_is_retried(faulty_server, fake_openai, alice):
@@ -442,9 +477,9 @@ def test_a_failed_turn_leaves_the_session_consistent(faulty_server, database_url
         ("assistant", "ok"),
     ]
     assert rows[3]["content"] == "echo: second"
-    assert rows[3]["cost_usd"] == 0
-    failed = [row for row in rows if row["status"] == "error"]
-    assert all(row["prompt_tokens"] == row["completion_tokens"] == row["cached_tokens"] == 0 for row in failed)
+    # The broken stream was billed (estimated) and counts in the session's totals, though its text is never history.
+    assert rows[3]["cost_usd"] > 0
+    assert rows[2]["prompt_tokens"] == rows[2]["completion_tokens"] == 0
     [session] = query(
         database_url,
         "SELECT message_count, last_seq, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, "

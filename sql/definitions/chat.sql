@@ -78,8 +78,7 @@ CREATE OR REPLACE FUNCTION prepare_completion(
     p_turn_id uuid,
     p_model text,
     p_max_tokens integer,
-    p_new_bytes integer,
-    p_new_messages integer,
+    p_messages jsonb,
     p_settings jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql AS $$
@@ -90,8 +89,8 @@ DECLARE
     config model_configs;
     key api_keys;
     history jsonb := '[]'::jsonb;
-    history_bytes integer := 0;
-    history_count integer := 0;
+    system_prompt text;
+    outgoing jsonb;
     model text;
     max_tokens integer;
     budget numeric;
@@ -121,9 +120,8 @@ BEGIN
             RETURN jsonb_build_object('error', 'session_archived', 'caller', caller.user_id);
         END IF;
         target := session.user_id;
-        SELECT coalesce(jsonb_agg(jsonb_build_object('role', h.role, 'content', h.content) ORDER BY h.seq), '[]'),
-               coalesce(sum(octet_length(h.content)), 0), count(*)
-        INTO history, history_bytes, history_count
+        SELECT coalesce(jsonb_agg(jsonb_build_object('role', h.role, 'content', h.content) ORDER BY h.seq), '[]')
+        INTO history
         FROM (
             SELECT m.role, m.content, m.seq FROM chat_messages m
             WHERE m.session_id = p_session_id AND m.status = 'ok' AND m.content IS NOT NULL
@@ -141,6 +139,12 @@ BEGIN
     ELSIF session.model_config_id IS NOT NULL THEN
         SELECT * INTO config FROM model_configs c WHERE c.id = session.model_config_id;
     END IF;
+    -- The message list that is sent, built here once: the reservation below is computed from it, and the
+    -- caller sends it as it is. An empty system prompt counts as none, so the config's applies.
+    system_prompt := coalesce(nullif(session.system_prompt, ''), nullif(config.system_prompt, ''));
+    outgoing := CASE WHEN system_prompt IS NULL THEN '[]'::jsonb
+                     ELSE jsonb_build_array(jsonb_build_object('role', 'system', 'content', system_prompt)) END
+                || history || p_messages;
     model := coalesce(p_model, config.model, p_settings ->> 'default_model');
     max_tokens := coalesce(p_max_tokens, config.max_tokens);
     SELECT * INTO key FROM api_keys k WHERE k.user_id = target AND k.status = 'active';
@@ -154,14 +158,17 @@ BEGIN
     INTO budget, rpm, tpm
     FROM effective_limits(target, p_settings);
     IF budget IS NOT NULL OR rpm IS NOT NULL OR tpm IS NOT NULL THEN
-        -- One limit check at a time per user: the check and the reservation are one atomic step.
+        -- One limit check at a time per user: the check and the reservation are one atomic step. The wait
+        -- is bounded by the server, below the client's own timeout.
+        PERFORM set_config('lock_timeout', (p_settings ->> 'lock_timeout_ms') || 'ms', true);
         PERFORM pg_advisory_xact_lock(hashtextextended('chitty-usage:' || target, 0));
         IF max_tokens IS NULL AND (budget IS NOT NULL OR tpm IS NOT NULL) THEN
             max_tokens := (p_settings ->> 'limited_max_tokens')::integer;
         END IF;
-        -- Byte-level BPE never makes more tokens than bytes: an upper bound, not a guess.
-        prompt_bound := coalesce(octet_length(coalesce(session.system_prompt, config.system_prompt)), 0)
-                        + history_bytes + p_new_bytes + 4 * (history_count + p_new_messages + 1);
+        -- Byte-level BPE never makes more tokens than bytes: an upper bound, not a guess, of exactly what is sent.
+        SELECT coalesce(sum(octet_length(m.value ->> 'content')), 0) + 4 * (count(*) + 1)
+        INTO prompt_bound
+        FROM jsonb_array_elements(outgoing) AS m;
         worst_tokens := prompt_bound + coalesce(max_tokens, 0);
         SELECT * INTO used FROM usage_window(target);
         IF budget IS NOT NULL THEN
@@ -203,8 +210,8 @@ BEGIN
         'max_tokens', max_tokens,
         'reserved_usd', worst_cost,
         'session', CASE WHEN session.id IS NULL THEN NULL ELSE jsonb_build_object(
-            'id', session.id, 'system_prompt', session.system_prompt, 'status', session.status) END,
-        'history', history,
+            'id', session.id, 'status', session.status) END,
+        'messages', outgoing,
         'config', CASE WHEN config.id IS NULL THEN NULL ELSE jsonb_build_object(
             'name', config.name, 'model', config.model, 'temperature', config.temperature,
             'top_p', config.top_p, 'max_tokens', config.max_tokens, 'system_prompt', config.system_prompt) END,
@@ -216,59 +223,70 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION prepare_completion(text, text, uuid, text, integer, uuid, text, integer, integer, integer, jsonb) IS
+COMMENT ON FUNCTION prepare_completion(text, text, uuid, text, integer, uuid, text, integer, jsonb, jsonb) IS
     'Round trip 1 of a completion: authenticate, authorise, load the session, its recent history, the model '
-    'config and the user''s sealed API key, check the limits and reserve the call''s worst case.';
+    'config and the user''s sealed API key, build the message list to send, check the limits and reserve the '
+    'worst case of exactly that list.';
 
--- Round trip 2: the turn, once.
+-- Round trip 2: the turn, once. The ledger's key makes it idempotent: a second record of the same turn
+-- (a retry whose first attempt may still be running) waits for the first, inserts nothing and returns
+-- what the first stored. A session deleted while the upstream answered no longer takes the turn's
+-- messages; its usage is recorded against the user all the same.
 CREATE OR REPLACE FUNCTION record_completion(
     p_user_id text,
     p_session_id uuid,
     p_turn_id uuid,
     p_messages jsonb,
     p_reply jsonb,
-    p_api_key_id uuid
+    p_api_key_id uuid,
+    p_settings jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_session uuid := p_session_id;
     v_prompt integer := coalesce((p_reply ->> 'prompt_tokens')::integer, 0);
     v_completion integer := coalesce((p_reply ->> 'completion_tokens')::integer, 0);
-    reply chat_messages;
     recorded jsonb;
 BEGIN
-    -- A retried record of the same turn (after an unacknowledged COMMIT) writes nothing twice.
-    IF EXISTS (SELECT 1 FROM chat_messages WHERE turn_id = p_turn_id) THEN
-        SELECT jsonb_build_object(
-                   'message_ids', jsonb_agg(m.id ORDER BY m.id),
-                   'reply', (jsonb_agg(jsonb_build_object('id', m.id, 'seq', m.seq, 'cost_usd', m.cost_usd,
-                                                          'price_missing', m.price_missing) ORDER BY m.id DESC)
-                             FILTER (WHERE m.role = 'assistant')) -> 0)
-        INTO recorded
-        FROM chat_messages m WHERE m.turn_id = p_turn_id;
-        RETURN recorded;
+    -- Lock waits (the session row, a concurrent record of this turn) end on the server, below the
+    -- client's own timeout: a failure the caller can tell from a lost connection.
+    PERFORM set_config('lock_timeout', (p_settings ->> 'lock_timeout_ms') || 'ms', true);
+    INSERT INTO completion_turns (turn_id, user_id) VALUES (p_turn_id, p_user_id) ON CONFLICT (turn_id) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN completion_turn(p_turn_id) || jsonb_build_object('already_recorded', true);
+    END IF;
+    IF v_session IS NOT NULL THEN
+        -- The lock the sequence trigger takes anyway, taken first: the session cannot go while the turn is stored.
+        PERFORM 1 FROM chat_sessions WHERE id = v_session FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            v_session := NULL;
+        END IF;
     END IF;
     -- Usage that upstream reported inconsistently (cached > prompt) is clamped so a billed turn never
-    -- fails a CHECK. A one-off call stores its reply's usage only: one row.
-    IF p_session_id IS NULL THEN
+    -- fails a CHECK. Without a session the turn stores its reply's usage only: one row.
+    IF v_session IS NULL THEN
         INSERT INTO chat_messages (user_id, turn_id, role, model, status, error, finish_reason, prompt_tokens,
                                    completion_tokens, cached_tokens, reasoning_tokens, usage_estimated, latency_ms,
-                                   upstream_request_id)
+                                   upstream_request_id, usage_only)
         VALUES (p_user_id, p_turn_id, 'assistant', p_reply ->> 'model', coalesce(p_reply ->> 'status', 'ok'),
                 p_reply ->> 'error', p_reply ->> 'finish_reason', v_prompt, v_completion,
                 least(coalesce((p_reply ->> 'cached_tokens')::integer, 0), v_prompt),
                 least(coalesce((p_reply ->> 'reasoning_tokens')::integer, 0), v_completion),
                 coalesce((p_reply ->> 'usage_estimated')::boolean, false),
-                (p_reply ->> 'latency_ms')::integer, p_reply ->> 'upstream_request_id')
-        RETURNING * INTO reply;
-        recorded := jsonb_build_object('message_ids', jsonb_build_array(reply.id), 'reply', jsonb_build_object(
-            'id', reply.id, 'seq', reply.seq, 'cost_usd', reply.cost_usd, 'price_missing', reply.price_missing));
+                (p_reply ->> 'latency_ms')::integer, p_reply ->> 'upstream_request_id',
+                p_session_id IS NOT NULL OR coalesce((p_reply ->> 'usage_only')::boolean, false))
+        RETURNING jsonb_build_object(
+            'message_ids', jsonb_build_array(id),
+            'reply', jsonb_build_object('id', id, 'seq', seq, 'cost_usd', cost_usd, 'price_missing', price_missing),
+            'usage_only', usage_only)
+        INTO recorded;
     ELSE
         -- In a session: the new messages in order, then the reply, which carries the usage.
         WITH inserted AS (
             INSERT INTO chat_messages (session_id, user_id, turn_id, role, content, model, status, error,
                                        finish_reason, prompt_tokens, completion_tokens, cached_tokens,
                                        reasoning_tokens, usage_estimated, latency_ms, upstream_request_id)
-            SELECT p_session_id, p_user_id, p_turn_id, m.role, m.content, m.model,
+            SELECT v_session, p_user_id, p_turn_id, m.role, m.content, m.model,
                    coalesce(p_reply ->> 'status', 'ok'), m.error, m.finish_reason, m.prompt_tokens,
                    m.completion_tokens, m.cached_tokens, m.reasoning_tokens, m.usage_estimated, m.latency_ms,
                    m.upstream_request_id
@@ -293,7 +311,8 @@ BEGIN
                    'message_ids', jsonb_agg(i.id ORDER BY i.id),
                    'reply', (jsonb_agg(jsonb_build_object('id', i.id, 'seq', i.seq, 'cost_usd', i.cost_usd,
                                                           'price_missing', i.price_missing))
-                             FILTER (WHERE i.role = 'assistant')) -> 0)
+                             FILTER (WHERE i.role = 'assistant')) -> 0,
+                   'usage_only', false)
         INTO recorded
         FROM inserted i;
     END IF;
@@ -305,6 +324,45 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION record_completion(text, uuid, uuid, jsonb, jsonb, uuid) IS
+COMMENT ON FUNCTION record_completion(text, uuid, uuid, jsonb, jsonb, uuid, jsonb) IS
     'Round trip 2 of a completion: store the new messages (in a session) and the reply with its usage, settle '
-    'the reservation; cost, seq, session totals, month spend and the analytics queue follow by trigger.';
+    'the reservation; cost, seq, session totals, month spend and the analytics queue follow by trigger. '
+    'Idempotent per turn.';
+
+-- The last resort when the turn cannot be stored as messages: its usage alone, against its user.
+CREATE OR REPLACE FUNCTION record_completion_usage(
+    p_user_id text,
+    p_turn_id uuid,
+    p_reply jsonb,
+    p_settings jsonb
+) RETURNS jsonb
+LANGUAGE sql AS $$
+    SELECT record_completion(p_user_id, NULL, p_turn_id, '[]'::jsonb,
+                             (p_reply - 'content') || jsonb_build_object('usage_only', true), NULL, p_settings)
+$$;
+
+COMMENT ON FUNCTION record_completion_usage(text, uuid, jsonb, jsonb) IS
+    'Record only the usage of a turn, with no session and no text (flagged usage_only); idempotent per turn.';
+
+-- What the books hold of one turn, for a caller that could not learn whether recording it succeeded.
+CREATE OR REPLACE FUNCTION completion_turn(p_turn_id uuid) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+               'turn_id', p_turn_id,
+               'user_id', (array_agg(m.user_id))[1],
+               'session_id', (array_agg(m.session_id) FILTER (WHERE m.role = 'assistant'))[1],
+               'message_ids', jsonb_agg(m.id ORDER BY m.id),
+               'reply', (jsonb_agg(jsonb_build_object('id', m.id, 'seq', m.seq, 'cost_usd', m.cost_usd,
+                                                      'price_missing', m.price_missing, 'status', m.status,
+                                                      'model', m.model, 'prompt_tokens', m.prompt_tokens,
+                                                      'completion_tokens', m.completion_tokens,
+                                                      'usage_estimated', m.usage_estimated,
+                                                      'created_at', m.created_at))
+                         FILTER (WHERE m.role = 'assistant')) -> 0,
+               'usage_only', bool_or(m.usage_only))
+    FROM chat_messages m
+    WHERE m.turn_id = p_turn_id
+    HAVING count(*) > 0
+$$;
+
+COMMENT ON FUNCTION completion_turn(uuid) IS 'The recorded messages, reply and usage of a turn; NULL if none.';
