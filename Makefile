@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Node 22 and the official TypeScript MCP clients (tests and conformance), from npm, under .chitty/node.
+NODE_STAMP := .chitty/node/.installed
 PORT ?= 8000
 STAGE ?= prod
 
@@ -13,6 +15,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
+$(NODE_STAMP): devtools/node.sh
+	bash devtools/node.sh >/dev/null
+
 run: $(STAMP)
 	PYTHONUNBUFFERED=1 PORT=$(PORT) $(PY) -m devtools.local
 
@@ -20,7 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint $(NODE_STAMP)
 	$(PY) -m pytest
 
 format: $(STAMP)
@@ -32,7 +37,7 @@ bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
 conformance: $(STAMP)
-	bash devtools/conformance.sh
+	$(PY) -m devtools.conformance $(CONFORMANCE_ARGS)
 
 # The deployment artifact (dist/deployment.zip and the SAM template dist/sam.json), then a lint of the
 # template. `chalice package` needs a region only to render the template.

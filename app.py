@@ -14,7 +14,7 @@ app = Chalice(app_name="chitty-chatgpt-mcp", configure_logs=False)
 app.api.binary_types = []
 
 
-@app.route("/mcp", methods=["POST", "GET", "DELETE"], content_types=["*/*"])
+@app.route("/mcp", methods=["POST", "GET", "DELETE", "OPTIONS"], content_types=["*/*"])
 def mcp() -> Response:
     request = app.current_request
     raw = request.raw_body

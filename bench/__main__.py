@@ -13,12 +13,14 @@ FULL = [
     ["bench.throughput"],
     ["bench.cold_start"],
     ["bench.analytics"],
+    ["bench.dev_server"],
 ]
 QUICK = [
     ["bench.gateway", "--calls", "200", "--http-calls", "50"],
     ["bench.throughput", "--completions", "64"],
     ["bench.cold_start", "--repeat", "3"],
     ["bench.analytics", "--messages", "100000", "--small", "25000", "--new", "2000"],
+    ["bench.dev_server", "--requests", "50"],
 ]
 
 

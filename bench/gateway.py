@@ -40,6 +40,10 @@ def _configure(url: str, base_url: str) -> dict[str, str]:
         "OPENAI_BASE_URL": base_url,
         "OPENAI_API_KEY": SERVER_KEY,
         "CHITTY_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+        # A benchmark's one user stores far more than a user's default storage quotas allow.
+        "CHITTY_DEFAULT_SESSIONS": "none",
+        "CHITTY_DEFAULT_MESSAGES_PER_SESSION": "none",
+        "CHITTY_DEFAULT_BYTES_PER_SESSION": "none",
     }
     os.environ.update(env)
     return env

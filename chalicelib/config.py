@@ -8,6 +8,7 @@ secret is read on first use, not at import, once per container.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -53,15 +54,43 @@ def _debug_enabled(raw: str) -> bool:
     return False
 
 
+# Storage quotas of users without their own, chosen so that no user stores more than 100 MB
+# (README: Limits has the arithmetic). Spend and rate limits have no default.
+DEFAULT_QUOTAS: dict[str, int] = {
+    "sessions": 100,
+    "messages_per_session": 500,
+    "bytes_per_session": 512 * 1024,
+    "metadata_bytes_per_session": 16 * 1024,
+    "session_templates": 10,
+    "model_configs": 10,
+    "api_keys": 10,
+}
+LIMIT_KINDS = ("monthly_budget_usd", "requests_per_minute", "tokens_per_minute", *DEFAULT_QUOTAS)
+# One session's metadata never passes this, whatever the quotas say: it must fit in any answer.
+MAX_METADATA_BYTES = 256 * 1024
+
+
 def _default_limits() -> dict[str, float]:
-    limits = {}
-    for kind in ("monthly_budget_usd", "requests_per_minute", "tokens_per_minute"):
-        raw = os.environ.get(f"CHITTY_DEFAULT_{kind.upper()}")
-        if raw:
-            try:
-                limits[kind] = float(raw)
-            except ValueError:
-                raise ConfigError(f"CHITTY_DEFAULT_{kind.upper()} must be a number, not {raw!r}") from None
+    """CHITTY_DEFAULT_<KIND> for every limit kind: a finite number of at least 0, or `none` for no default."""
+    limits: dict[str, float] = dict(DEFAULT_QUOTAS)
+    for kind in LIMIT_KINDS:
+        name = f"CHITTY_DEFAULT_{kind.upper()}"
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
+        if raw.lower() == "none":
+            limits.pop(kind, None)
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number (or none for no limit), not {raw!r}") from None
+        # float() reads "nan" and "inf": a NaN limit would mean no limit at all, and Infinity says it badly.
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name} must be a finite number of at least 0 (or none for no limit), not {raw!r}")
+        if kind == "metadata_bytes_per_session" and value > MAX_METADATA_BYTES:
+            raise ConfigError(f"{name} must be at most {MAX_METADATA_BYTES}, not {raw!r}")
+        limits[kind] = int(value) if value.is_integer() else value
     return limits
 
 

@@ -18,6 +18,7 @@ from chalicelib.config import get_settings
 SERVICE = "chitty-chatgpt-mcp"
 # Bearer tokens of this server and OpenAI-style keys: never written, whatever logs them.
 _SECRET = re.compile(r"(chitty_[A-Za-z0-9_-]{40,}|sk-[A-Za-z0-9_-]{16,}|Bearer\s+\S+)")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def redact(text: str) -> str:
@@ -81,7 +82,11 @@ def request_line(fields: Mapping[str, Any], correlation_id: str | None) -> None:
 
 def write_line(record: Mapping[str, Any]) -> None:
     """Write one JSON object as a line on stdout, flushed (a frozen Lambda keeps nothing buffered)."""
-    sys.stdout.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n")
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
+    if not text.isascii() and _SURROGATE.search(text):
+        # A lone surrogate from a request (a method name, an id) has no UTF-8 form: write it escaped.
+        text = json.dumps(record, separators=(",", ":"), default=str)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

@@ -18,7 +18,27 @@ from chalicelib.mcp.errors import UNAVAILABLE
 from chalicelib.migrate import apply, expected_schema
 
 UNDEFINED_TABLE = "42P01"
-SECRET_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
+# Debug logs show only headers known to carry no credential: a token can hide in any other
+# (Proxy-Authorization, X-Auth-Token, whatever a proxy or client invents).
+LOGGED_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "content-length",
+        "content-type",
+        "host",
+        "mcp-method",
+        "mcp-name",
+        "mcp-protocol-version",
+        "origin",
+        "user-agent",
+        "x-amzn-requestid",
+        "x-amzn-trace-id",
+        "x-forwarded-for",
+        "x-forwarded-port",
+        "x-forwarded-proto",
+    }
+)
 # A first migration may take a while; the migrate function's own timeout bounds it.
 MIGRATE_DB_TIMEOUT = 240.0
 INSTRUCTIONS = (
@@ -65,7 +85,7 @@ def handle_mcp(request: HttpRequest, request_id: str | None = None) -> HttpRespo
     logger.set_correlation_id(request_id)
     try:
         if logger.log_level <= logging.DEBUG:
-            headers = {name: value for name, value in request.headers.items() if name not in SECRET_HEADERS}
+            headers = {name: value for name, value in request.headers.items() if name in LOGGED_HEADERS}
             logger.debug("mcp request received", extra={"headers": headers, "body_bytes": len(request.body)})
         with telemetry.traced("## mcp request") as annotations:
             response = mcp_server().handle(request)

@@ -22,6 +22,13 @@ ACCEPT_BOTH = "application/json, text/event-stream"
 CLIENT_MODES = ("legacy", MODERN)
 
 
+def error_details(result: dict[str, Any]) -> dict[str, Any]:
+    """The machine-readable details of an isError tool result (field, limit, upstream_status, ...)."""
+    assert result["isError"] is True, result
+    assert "structuredContent" not in result, "an error result must not carry structuredContent"
+    return result["_meta"]["chittyos/error"]
+
+
 def modern_meta(version: str = MODERN, **extra: Any) -> dict[str, Any]:
     return {
         "io.modelcontextprotocol/protocolVersion": version,

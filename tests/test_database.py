@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ssl
-from decimal import Decimal
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest

@@ -98,18 +98,49 @@ def test_secrets_a_client_puts_in_the_method_or_the_id_are_scrubbed_from_the_req
     assert line["rpc_method"] == "[REDACTED]"
 
 
-def test_debug_namespace_turns_on_debug_logs_that_still_hide_the_token(database_url, alice, tmp_path):
-    running = start_server(tmp_path, {"CHITTY_DATABASE_URL": database_url, "DEBUG": "chitty:mcp:chatgpt"})
-    try:
-        post(running.mcp_url, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, token=alice.token)
-    finally:
-        running.stop()
-    lines = log_lines(running)
-    received = [line for line in lines if line["message"] == "mcp request received"]
+@pytest.fixture(scope="module")
+def debug_server(database_url, tmp_path_factory):
+    running = start_server(
+        tmp_path_factory.mktemp("debug"), {"CHITTY_DATABASE_URL": database_url, "DEBUG": "chitty:mcp:chatgpt"}
+    )
+    yield running
+    running.stop()
+
+
+def test_debug_namespace_turns_on_debug_logs_that_still_hide_the_token(debug_server, alice):
+    post(debug_server.mcp_url, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, token=alice.token)
+
+    received = [line for line in log_lines(debug_server) if line["message"] == "mcp request received"]
     assert received
     assert received[0]["level"] == "DEBUG"
     assert "authorization" not in received[0]["headers"]
-    assert alice.token not in running.log_text()
+    assert alice.token not in debug_server.log_text()
+
+
+def test_debug_logs_show_only_headers_known_to_carry_no_credential(debug_server, alice):
+    # Secrets that look like nothing the log scrubber knows: only leaving the header out keeps them out.
+    secrets = {
+        "Proxy-Authorization": "Basic cHJveHk6c2VjcmV0LTAx",
+        "X-Auth-Token": "secret-02-auth-token",
+        "X-Api-Key": "secret-03-api-key",
+        "Cookie": "session=secret-04-cookie",
+        "X-Amz-Security-Token": "secret-05-sts",
+        "X-Custom-Credential": "secret-06-custom",
+    }
+    sent = {**secrets, "User-Agent": "debug-header-test/1", "MCP-Protocol-Version": "2025-06-18"}
+    post(debug_server.mcp_url, {"jsonrpc": "2.0", "id": 1, "method": "ping"}, token=alice.token, headers=sent)
+
+    text = debug_server.log_text()
+    for value in secrets.values():
+        assert value not in text
+    (received,) = [
+        line
+        for line in log_lines(debug_server)
+        if line["message"] == "mcp request received" and line["headers"].get("user-agent") == "debug-header-test/1"
+    ]
+    assert received["headers"]["mcp-protocol-version"] == "2025-06-18"
+    assert received["headers"]["content-type"] == "application/json"
+    assert not {name.lower() for name in secrets} & set(received["headers"])
 
 
 @pytest.mark.parametrize(("debug", "level"), [("chitty:mcp:chatgpt", "DEBUG"), ("chitty:*", "DEBUG"), ("", "INFO")])

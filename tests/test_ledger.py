@@ -23,7 +23,7 @@ from chalicelib.upstream import estimate_tokens
 from devtools import embedded
 from devtools.fake_openai import EndStream, FakeOpenAI, Reply, StreamError, make_usage
 from tests.books import assert_books_balance
-from tests.clients import post
+from tests.clients import error_details, post
 from tests.conftest import Server, User, server_env, start_server
 
 BUDGET = Decimal("0.003")
@@ -169,7 +169,7 @@ def test_an_error_event_midway_through_a_stream_books_what_went_out_and_came_bac
     expected = price_of(database_url, "gpt-4o-mini", row["prompt_tokens"], row["completion_tokens"])
     assert row["cost_usd"] == expected > 0
     assert month_spend(database_url, alice) == expected
-    assert result["structuredContent"]["billed_tokens"] == row["prompt_tokens"] + row["completion_tokens"]
+    assert error_details(result)["billed_tokens"] == row["prompt_tokens"] + row["completion_tokens"]
 
 
 def test_eight_calls_that_fail_after_the_answer_all_reach_the_months_spend(
@@ -437,3 +437,35 @@ def test_a_turn_can_be_looked_up_by_its_owner_only(server, alice, bob):
     assert Decimal(str(mine["structuredContent"]["reply"]["cost_usd"])) == Decimal(str(answer["cost_usd"]))
     assert theirs["isError"] is True
     assert text_of(theirs).replace(answer["turn_id"], "<id>") == text_of(unknown).replace(missing, "<id>")
+
+
+def test_a_turn_that_would_pass_its_sessions_message_quota_is_refused_before_openai(
+    server, fake_openai, admin, alice, database_url
+):
+    set_limits(server, admin, alice, messages_per_session=3)
+    session_id = new_session(server, alice)
+    first = ask(server, alice, "one", session_id=session_id)
+    second = ask(server, alice, "two", session_id=session_id)
+
+    assert first["isError"] is False
+    assert second["isError"] is True
+    assert text_of(second).startswith("Session quota reached: at most 3 messages per session")
+    assert error_details(second)["quota"] == "messages_per_session"
+    assert len(fake_openai.chat_requests) == 1
+
+
+def test_concurrent_turns_into_one_session_never_pass_its_message_quota_together(
+    server, fake_openai, admin, alice, database_url
+):
+    set_limits(server, admin, alice, messages_per_session=10)
+    session_id = new_session(server, alice)
+    fake_openai.delay = 0.2
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(lambda n: ask(server, alice, f"turn {n}", session_id=session_id), range(12)))
+
+    stored = rows(
+        database_url, "SELECT count(*) AS n FROM chat_messages WHERE session_id = CAST(:s AS uuid)", s=session_id
+    )
+    assert sum(not result["isError"] for result in results) == 5
+    assert stored == [{"n": 10}]
+    assert all("Session quota reached" in text_of(result) for result in results if result["isError"])

@@ -11,7 +11,7 @@ import pytest
 
 from chalicelib.db import connection
 from devtools.fake_openai import server_error
-from tests.clients import post
+from tests.clients import error_details, post
 from tests.conftest import server_env, start_server
 
 GPT_4O_MINI_IN, GPT_4O_MINI_OUT = Decimal("0.15"), Decimal("0.60")
@@ -71,7 +71,7 @@ def test_forty_concurrent_calls_never_spend_past_a_budget_for_ten(server, fake_o
         message = result["content"][0]["text"]
         assert message.startswith("Monthly budget reached for " + user.user_id)
         assert "this call could cost up to $" in message
-        data = result["structuredContent"]
+        data = error_details(result)
         assert data["limit"] == "monthly_budget_usd"
         assert Decimal(str(data["limit_value"])) == Decimal(str(float(budget)))
         assert datetime.datetime.fromisoformat(data["resets_at"]) == next_month_start()
@@ -88,8 +88,8 @@ def test_requests_per_minute_refuses_the_call_past_the_limit_and_says_when_to_re
     assert [result["isError"] for result in results] == [False, False, False, True, True]
     refused = results[3]
     assert "Requests-per-minute limit reached" in refused["content"][0]["text"]
-    assert refused["structuredContent"]["used"] == 3
-    resets = datetime.datetime.fromisoformat(refused["structuredContent"]["resets_at"])
+    assert error_details(refused)["used"] == 3
+    resets = datetime.datetime.fromisoformat(error_details(refused)["resets_at"])
     assert datetime.timedelta(0) < resets - datetime.datetime.now(datetime.UTC) <= datetime.timedelta(minutes=1)
     assert len(fake_openai.chat_requests) == 3
 
@@ -100,8 +100,8 @@ def test_tokens_per_minute_counts_the_worst_case_of_the_call(server, admin, make
     assert ask(server, user, "short", max_tokens=10)["isError"] is False
     refused = ask(server, user, "short", max_tokens=500)
     assert refused["isError"] is True
-    assert refused["structuredContent"]["limit"] == "tokens_per_minute"
-    assert refused["structuredContent"]["requested"] > 500
+    assert error_details(refused)["limit"] == "tokens_per_minute"
+    assert error_details(refused)["requested"] > 500
 
 
 def test_a_call_under_a_budget_without_max_tokens_is_capped_upstream(server, fake_openai, admin, make_user):

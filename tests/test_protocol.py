@@ -76,10 +76,55 @@ def test_a_body_that_is_not_json_is_a_parse_error_with_a_null_id(server, alice):
     assert body["id"] is None
 
 
-def test_a_batch_is_refused_as_an_invalid_request(server, alice):
+@pytest.mark.parametrize("version", ["2025-11-25", "2025-06-18"])
+def test_a_batch_is_refused_under_the_versions_that_removed_batches(server, alice, version):
     batch = [legacy_request("ping", request_id=1), legacy_request("ping", request_id=2)]
-    body = error_of(post(server.mcp_url, batch, token=alice.token), 400, -32600)
+    headers = {"MCP-Protocol-Version": version}
+    body = error_of(post(server.mcp_url, batch, token=alice.token, headers=headers), 400, -32600)
     assert body["id"] is None
+
+
+def test_a_batch_is_refused_under_2026_07_28(server, alice):
+    batch = [modern_request("tools/list", request_id=1), modern_request("tools/list", request_id=2)]
+    error_of(post(server.mcp_url, batch, token=alice.token, headers=modern_headers("tools/list")), 400, -32600)
+
+
+@pytest.mark.parametrize("header", [{"MCP-Protocol-Version": "2025-03-26"}, {}], ids=["2025-03-26", "no-header"])
+def test_a_batch_under_2025_03_26_is_answered_as_one_batch(server, alice, header):
+    batch = [
+        legacy_request("ping", request_id="a"),
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        legacy_request("tools/call", {"name": "chitty_chat_session_list", "arguments": {}}, request_id=7),
+        legacy_request("no/such/method", request_id=8),
+        legacy_request("initialize", {"protocolVersion": "2025-03-26"}, request_id=9),
+        {"jsonrpc": "2.0", "id": 10},
+    ]
+    response = post(server.mcp_url, batch, token=alice.token, headers=header)
+
+    assert response.status_code == 200, response.text
+    answers = {answer["id"]: answer for answer in response.json()}
+    assert set(answers) == {"a", 7, 8, 9, 10}
+    assert answers["a"]["result"] == {}
+    assert answers[7]["result"]["isError"] is False
+    assert answers[8]["error"]["code"] == -32601
+    assert answers[9]["error"]["code"] == -32600
+    assert answers[10]["error"]["code"] == -32600
+
+
+def test_a_batch_of_notifications_only_is_accepted_with_202(server, alice):
+    batch = [
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}},
+    ]
+    response = post(server.mcp_url, batch, token=alice.token, headers={"MCP-Protocol-Version": "2025-03-26"})
+    assert response.status_code == 202
+    assert response.text == ""
+
+
+def test_a_batch_with_a_bad_token_gets_401(server):
+    batch = [legacy_request("ping", request_id=1)]
+    response = post(server.mcp_url, batch, token="chitty_" + "x" * 43, headers={"MCP-Protocol-Version": "2025-03-26"})
+    assert response.status_code == 401
 
 
 @pytest.mark.parametrize("message", ["5", '"ping"', "null", "true"])
@@ -579,6 +624,12 @@ def test_an_unknown_tool_is_invalid_params(server, alice):
     assert "chitty_no_such_tool" in body["error"]["message"]
 
 
+@pytest.mark.parametrize("name", [["chitty_chat_session_list"], {"name": "chitty_chat_session_list"}, 5, None])
+def test_a_tool_name_that_is_not_a_string_is_invalid_params(server, alice, name):
+    body = error_of(call_tool(server, alice, name, {}), 200, -32602)
+    assert body["error"]["message"] == "Invalid params: name must be a string"
+
+
 @pytest.mark.parametrize("arguments", [["session_name"], "session_name=x", 5])
 def test_arguments_that_are_not_an_object_are_invalid_params(server, alice, arguments):
     error_of(call_tool(server, alice, "chitty_chat_session_create", arguments), 200, -32602)
@@ -768,3 +819,49 @@ def test_the_official_client_receives_progress_then_the_result(progress_url, mod
     assert updates == [(1, 2, "half"), (2, 2, "done")]
     assert result.is_error is False
     assert result.structured_content == {"counted": 2}
+
+
+# CORS, for browser-based clients on an allowed origin
+
+
+def test_a_preflight_from_an_allowed_origin_says_what_mcp_clients_may_send(server):
+    response = httpx2.request(
+        "OPTIONS",
+        server.mcp_url,
+        headers={
+            "Origin": "http://localhost:6274",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, mcp-protocol-version",
+        },
+    )
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-origin"] == "http://localhost:6274"
+    assert "POST" in response.headers["access-control-allow-methods"]
+    allowed = {name.strip().lower() for name in response.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "content-type", "accept", "mcp-protocol-version", "mcp-method", "mcp-name"} <= allowed
+
+
+def test_an_answer_to_an_allowed_origin_can_be_read_by_its_page(server, alice):
+    response = post(
+        server.mcp_url, legacy_request("ping"), token=alice.token, headers={"Origin": "http://127.0.0.1:5173"}
+    )
+    refused = post(server.mcp_url, legacy_request("ping"), token="nope", headers={"Origin": "http://127.0.0.1:5173"})
+
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "http://127.0.0.1:5173"
+    assert "origin" in response.headers["vary"].lower()
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "http://127.0.0.1:5173"
+    assert "www-authenticate" in refused.headers["access-control-expose-headers"].lower()
+
+
+def test_a_disallowed_origin_still_gets_403_and_no_cors_headers(server, alice):
+    preflight = httpx2.request(
+        "OPTIONS", server.mcp_url, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    response = post(
+        server.mcp_url, legacy_request("ping"), token=alice.token, headers={"Origin": "https://evil.example"}
+    )
+    for answer in (preflight, response):
+        assert answer.status_code == 403
+        assert "access-control-allow-origin" not in answer.headers

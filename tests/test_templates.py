@@ -9,7 +9,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from chalicelib.mcp import HttpRequest, McpServer, Registry, ServerInfo
-from tests.clients import CLIENT_MODES, MODERN, modern_headers, modern_request, post, with_client
+from tests.clients import CLIENT_MODES, MODERN, error_details, modern_headers, modern_request, post, with_client
 
 INVALID_PARAMS = -32602
 BUILT_INS = {
@@ -259,7 +259,7 @@ def test_a_missing_variable_is_a_clear_error_naming_it(server, alice, variables)
     )
     assert result["isError"] is True
     assert text_of(result) == "Template 'intake' needs a value for matter (it takes: client, matter)."
-    assert result["structuredContent"]["missing"] == ["matter"]
+    assert error_details(result)["missing"] == ["matter"]
     assert ok(tool(server, alice, "chitty_chat_session_list", {}))["sessions"] == []
 
 

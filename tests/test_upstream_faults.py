@@ -32,7 +32,7 @@ from devtools.fake_openai import (
     rate_limited,
     server_error,
 )
-from tests.clients import modern_headers, modern_request, post, sse_messages
+from tests.clients import error_details, modern_headers, modern_request, post, sse_messages
 from tests.conftest import SERVER_OPENAI_KEY, Server, User, server_env, start_server
 
 BUDGET = 3.0  # CHITTY_UPSTREAM_TIMEOUT of this module's server: the whole upstream call's deadline
@@ -172,7 +172,7 @@ def test_a_rejected_server_key_is_named_by_its_last_four_and_not_retried(
     assert f"...{SERVER_OPENAI_KEY[-4:]}" in message
     assert "401" in message
     assert_no_part_of_key(json.dumps(result), SERVER_OPENAI_KEY)
-    assert result["structuredContent"]["upstream_status"] == 401
+    assert error_details(result)["upstream_status"] == 401
     assert len(fake_openai.chat_requests) == 1
     assert_error_turn_recorded(database_url, alice, message)
     assert SERVER_OPENAI_KEY not in faulty_server.log_text()
@@ -192,9 +192,7 @@ def test_a_rejected_stored_key_is_named_by_its_last_four(faulty_server, database
     assert_error_turn_recorded(database_url, alice, message)
 
 
-def test_an_upstream_error_that_quotes_the_callers_key_never_shows_it(
-    faulty_server, database_url, fake_openai, alice
-):
+def test_an_upstream_error_that_quotes_the_callers_key_never_shows_it(faulty_server, database_url, fake_openai, alice):
     # An OpenAI-compatible endpoint whose keys are not shaped like OpenAI's, echoing the key and a bearer token.
     odd_key = "gw-live-" + "k" * 30 + "QRST"
     assert_ok(call_tool(faulty_server, alice, "chitty_api_key_set", {"api_key": odd_key}))
@@ -232,7 +230,7 @@ def test_a_429_with_retry_after_beyond_the_budget_says_when_to_retry(faulty_serv
     message = assert_error(result)
     assert "429" in message
     assert "120" in message
-    assert result["structuredContent"]["retry_after_s"] == 120
+    assert error_details(result)["retry_after_s"] == 120
     assert len(fake_openai.chat_requests) == 1
     assert_error_turn_recorded(database_url, alice, message)
 
@@ -342,7 +340,7 @@ def test_a_refused_request_is_not_retried_and_carries_upstreams_message(
     message = assert_error(result)
     assert f"({status})" in message
     assert said in message
-    assert result["structuredContent"]["upstream_status"] == status
+    assert error_details(result)["upstream_status"] == status
     assert len(fake_openai.chat_requests) == 1
     assert_error_turn_recorded(database_url, alice, message)
 

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from chalicelib.db import Database
 from chalicelib.mcp import ToolError
 from chalicelib.mcp.registry import Tool, reference_validator
-from tests.test_fuzz import json_values
+from chalicelib.mcp.wire import MAX_ARGUMENT_DEPTH
+from tests.test_fuzz import values_for
 
 # Keywords whose meaning is the same in draft 7 (fastjsonschema) and 2020-12 (the dialect we declare).
 SHARED_KEYWORDS = {
@@ -41,7 +42,6 @@ SHARED_KEYWORDS = {
     "description",
     "default",
 }
-EDGES = st.sampled_from(["", "x\n", " ", "\u0663", 1.0, 0, -1, 2**64, True, None, [], {}, 0.5]) | json_values
 AGREEMENT = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -65,58 +65,6 @@ def keywords(schema: Any) -> set[str]:
         elif key not in ("enum", "const", "default", "required"):
             found |= keywords(value)
     return found
-
-
-def values_for(schema: dict[str, Any], mutate: bool) -> st.SearchStrategy[Any]:
-    """Values the schema accepts; with `mutate`, any part may be swapped for an edge case."""
-    kinds = schema.get("type")
-    kinds = kinds if isinstance(kinds, list) else [kinds] if kinds else []
-    options: list[st.SearchStrategy[Any]] = []
-    if "enum" in schema:
-        options.append(st.sampled_from(schema["enum"]))
-    for kind in [] if "enum" in schema else kinds:
-        if kind == "string" and "pattern" in schema:
-            pattern = st.from_regex(schema["pattern"], fullmatch=True)
-            options.append(pattern.filter(lambda text: len(text) <= schema.get("maxLength", 10**6)))
-        elif kind == "string":
-            options.append(st.text(min_size=schema.get("minLength", 0), max_size=min(schema.get("maxLength", 40), 40)))
-        elif kind == "integer":
-            options.append(st.integers(min_value=schema.get("minimum"), max_value=schema.get("maximum")))
-        elif kind == "number":
-            options.append(st.floats(schema.get("minimum"), schema.get("maximum"), allow_nan=False))
-        elif kind == "boolean":
-            options.append(st.booleans())
-        elif kind == "null":
-            options.append(st.none())
-        elif kind == "array":
-            options.append(
-                st.lists(
-                    values_for(schema.get("items", {}), mutate),
-                    min_size=schema.get("minItems", 0),
-                    max_size=min(schema.get("maxItems", 3), 3),
-                )
-            )
-        elif kind == "object":
-            options.append(objects_for(schema, mutate))
-    valid = st.one_of(options) if options else json_values
-    return st.one_of(valid, EDGES) if mutate else valid
-
-
-def objects_for(schema: dict[str, Any], mutate: bool) -> st.SearchStrategy[dict[str, Any]]:
-    properties = schema.get("properties", {})
-    required = set(schema.get("required", []))
-    if mutate:
-        required = set()  # a required key may go missing
-    objects = st.fixed_dictionaries(
-        {name: values_for(properties[name], mutate) for name in required},
-        optional={name: values_for(sub, mutate) for name, sub in properties.items() if name not in required},
-    )
-    if schema.get("maxProperties") is not None:
-        objects = objects.filter(lambda value: len(value) <= schema["maxProperties"])
-    if mutate:
-        extra = st.dictionaries(st.text(max_size=8), json_values, max_size=2)
-        objects = st.builds(lambda base, more: {**more, **base}, objects, extra)
-    return objects
 
 
 def fast_accepts(tool: Tool, arguments: Any) -> bool:
@@ -167,3 +115,111 @@ def test_a_uuid_argument_with_anything_after_it_is_refused_by_name(ending):
 
     assert refused.value.data == {"field": "session_id"}
     assert "Invalid arguments for chitty_chat_session_get: session_id:" in refused.value.message
+
+
+def floats_where_integers_belong(schema: Any, value: Any, path: str = "") -> list[str]:
+    """The places where the schema says integer and the value is a float."""
+    if not isinstance(schema, dict):
+        return []
+    kinds = schema.get("type")
+    if (kinds == "integer" or (isinstance(kinds, list) and "integer" in kinds)) and isinstance(value, float):
+        return [path]
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = schema.get("properties", {}).get(key, schema.get("additionalProperties"))
+            found += floats_where_integers_belong(sub, item, f"{path}/{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += floats_where_integers_belong(schema.get("items"), item, f"{path}/{index}")
+    return found
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_validation_leaves_only_integers_where_a_schema_says_integer(data):
+    name = data.draw(st.sampled_from(sorted(tools())))
+    tool = tools()[name]
+    arguments = data.draw(values_for(tool.input_schema, mutate=False, integral_floats=True))
+
+    tool.validate(arguments)
+
+    assert floats_where_integers_belong(tool.input_schema, arguments) == []
+
+
+def nested_tool() -> Tool:
+    """A tool whose schema types integers at the top, in array items, and in unnamed properties."""
+    return Tool(
+        name="nested_integers",
+        title="Nested integers",
+        description="Holds integers at every kind of place.",
+        input_schema={
+            "type": "object",
+            "properties": {
+                "count": {"type": ["integer", "null"]},
+                "ratio": {"type": "number"},
+                "pages": {"type": "array", "items": {"type": "object", "properties": {"page": {"type": "integer"}}}},
+                "tally": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "note": {"type": "object", "properties": {"size": {"type": "number"}}, "additionalProperties": {}},
+            },
+        },
+        handler=lambda call: {},
+    )
+
+
+def test_integral_floats_become_integers_at_every_depth_and_numbers_stay_as_sent():
+    arguments = {
+        "count": 3.0,
+        "ratio": 2.0,
+        "pages": [{"page": 1.0}, {"page": 2}],
+        "tally": {"a": 1e2, "b": 7},
+        "note": {"size": 4.0, "other": 5.0},
+    }
+
+    nested_tool().validate(arguments)
+
+    assert arguments == {
+        "count": 3,
+        "ratio": 2.0,
+        "pages": [{"page": 1}, {"page": 2}],
+        "tally": {"a": 100, "b": 7},
+        "note": {"size": 4.0, "other": 5.0},
+    }
+    assert [type(arguments[name]) for name in ("count", "ratio")] == [int, float]
+    assert type(arguments["pages"][0]["page"]) is int
+    assert type(arguments["tally"]["a"]) is int
+    assert [type(value) for value in arguments["note"].values()] == [float, float]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field", "problem"),
+    [
+        ({"count": float("nan")}, "count", "NaN is not a JSON number"),
+        ({"tally": {"a": float("-inf")}}, "tally/a", "-Infinity is not a JSON number"),
+        ({"note": {"x": ["ok", "\x00"]}}, "note/x/1", "contains U+0000 (NUL), which cannot be stored"),
+        ({"note": {"\udfff": 1}}, "note", "a key contains a lone surrogate (U+DFFF), which is not valid Unicode"),
+        ({"\x00": 1}, "arguments", "a key contains U+0000 (NUL), which cannot be stored"),
+    ],
+    ids=["nan", "minus infinity", "nul in a list", "surrogate in a key", "nul in a top-level name"],
+)
+def test_values_no_tool_can_use_are_refused_by_field_before_the_schema(arguments, field, problem):
+    with pytest.raises(ToolError) as refused:
+        nested_tool().validate(arguments)
+
+    assert refused.value.message == f"Invalid arguments for nested_integers: {field}: {problem}"
+    assert refused.value.data == {"field": field}
+
+
+def test_arguments_may_nest_32_levels_and_no_more():
+    def arguments(levels: int) -> dict[str, Any]:
+        value: Any = {}
+        for _ in range(levels - 3):  # the arguments, the note object and this innermost one make three
+            value = {"x": value}
+        return {"note": {"x": value}}
+
+    nested_tool().validate(arguments(MAX_ARGUMENT_DEPTH))
+    with pytest.raises(ToolError) as refused:
+        nested_tool().validate(arguments(MAX_ARGUMENT_DEPTH + 1))
+
+    assert refused.value.data == {"field": "note" + "/x" * (MAX_ARGUMENT_DEPTH - 1)}
+    assert refused.value.message.endswith(": nested more than 32 levels deep")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 MAX_BODY_BYTES = 1024 * 1024
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -34,20 +36,27 @@ class HttpResponse:
     log: dict[str, Any] = field(default_factory=dict)
 
 
-def json_response(status: int, message: dict[str, Any], headers: dict[str, str] | None = None) -> HttpResponse:
+def to_json(message: Any) -> str:
+    """Compact JSON that always has a UTF-8 form: a lone surrogate a client sent (and we echo) is escaped."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str)
+    if not text.isascii() and _SURROGATE.search(text):
+        return json.dumps(message, separators=(",", ":"), default=str)
+    return text
+
+
+def json_response(
+    status: int, message: dict[str, Any] | list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> HttpResponse:
     return HttpResponse(
         status=status,
-        body=json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str),
+        body=to_json(message),
         headers={"Content-Type": "application/json", **(headers or {})},
     )
 
 
 def sse_response(messages: Iterable[dict[str, Any]]) -> HttpResponse:
     """An event stream of JSON-RPC messages, the final response last. No event ids: not resumable."""
-    events = "".join(
-        "event: message\ndata: " + json.dumps(message, separators=(",", ":"), ensure_ascii=False, default=str) + "\n\n"
-        for message in messages
-    )
+    events = "".join("event: message\ndata: " + to_json(message) + "\n\n" for message in messages)
     return HttpResponse(
         status=200,
         body=events,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.mcp.errors import INVALID_PARAMS, JsonRpcError, ToolError
+from chalicelib.mcp.wire import MAX_ARGUMENT_DEPTH, IntegerFields, coerce_integers, find_unfit, integer_fields
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -46,11 +47,16 @@ class ToolResult:
         return {"content": [{"type": "text", "text": text}], "structuredContent": self.structured, "isError": False}
 
 
+# Where an error result carries its details (field, limit, retry_after_s, upstream_status, ...). Not in
+# structuredContent: clients check that against the tool's output schema, which describes success.
+ERROR_META = "chittyos/error"
+
+
 def error_result(error: ToolError) -> dict[str, Any]:
-    """An isError tool result carrying the error's message (and data, when any)."""
+    """An isError tool result: the message as text, and its details (if any) under `_meta`."""
     result: dict[str, Any] = {"content": [{"type": "text", "text": error.message}], "isError": True}
     if error.data:
-        result["structuredContent"] = {"error": error.message, **error.data}
+        result["_meta"] = {ERROR_META: {"message": error.message, **error.data}}
     return result
 
 
@@ -76,10 +82,12 @@ class Tool:
     verifies_credentials: bool = False
     _check: Callable[[Any], Any] | None = field(default=None, repr=False)
     _validator: Any = field(default=None, repr=False)
+    _integers: IntegerFields | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not _TOOL_NAME.match(self.name):
             raise ValueError(f"invalid tool name {self.name!r}")
+        self._integers = integer_fields(self.input_schema)
 
     def describe(self) -> dict[str, Any]:
         """The tools/list entry."""
@@ -101,12 +109,25 @@ class Tool:
         return entry
 
     def validate(self, arguments: dict[str, Any]) -> None:
-        """Raise ToolError naming the first offending field when the arguments break the schema.
+        """Raise ToolError naming the first offending field when the arguments break the schema or
+        hold what no tool can use; then, in place, make integral floats ints where the schema says integer.
 
-        A validator compiled from the schema (fastjsonschema) lets valid arguments through in
-        microseconds; what it refuses goes to jsonschema, which names the field best. (jsonschema
-        alone cost a tenth of a millisecond per call, and 180 ms of import on a cold start.)
+        Values first, in one pass: a string with U+0000 or a lone surrogate (keys too), NaN or
+        Infinity, or nesting deeper than MAX_ARGUMENT_DEPTH. Then the schema: a validator compiled
+        from it (fastjsonschema) lets valid arguments through in microseconds; what it refuses goes
+        to jsonschema, which names the field best. (jsonschema alone cost a tenth of a millisecond
+        per call, and 180 ms of import on a cold start.)
         """
+        unfit = find_unfit(arguments, MAX_ARGUMENT_DEPTH)
+        if unfit is not None:
+            field_name = _short(unfit.field)
+            raise ToolError(
+                f"Invalid arguments for {self.name}: {field_name}: {unfit.problem}", data={"field": field_name}
+            )
+        self._check_schema(arguments)
+        coerce_integers(arguments, self._integers)
+
+    def _check_schema(self, arguments: dict[str, Any]) -> None:
         if self._check is None:
             import fastjsonschema
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,9 +41,17 @@ from chalicelib.mcp.http import (
     sse_response,
 )
 from chalicelib.mcp.registry import Registry, ToolCall, ToolResult, error_result
+from chalicelib.mcp.wire import Parsed, TooDeep, find_unfit, parse_json
 
 MODERN_VERSIONS = ("2026-07-28",)
 HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
+# CORS: the request headers MCP clients send, and the answer headers they read.
+CORS_ALLOWED_HEADERS = (
+    "Authorization, Content-Type, Accept, MCP-Protocol-Version, Mcp-Method, Mcp-Name, Mcp-Session-Id, Last-Event-ID"
+)
+CORS_EXPOSED = "WWW-Authenticate, Mcp-Session-Id, MCP-Protocol-Version, x-amzn-RequestId"
+# The one protocol version whose servers must accept JSON-RPC batches (later versions removed them).
+BATCH_VERSION = "2025-03-26"
 SUPPORTED_VERSIONS = MODERN_VERSIONS + HANDSHAKE_VERSIONS
 # A handshake-era request without the header is read as 2025-03-26, which predates it.
 DEFAULT_HANDSHAKE_VERSION = "2025-03-26"
@@ -83,6 +90,7 @@ class _Request:
     want_events: bool
     want_json: bool
     authorization: str = ""
+    non_finite: bool = False
 
 
 def _rpc_error(request_id: str | int | None, error: JsonRpcError) -> dict[str, Any]:
@@ -101,14 +109,18 @@ def _decode_header_value(value: str) -> str:
     return value
 
 
-def _read_message(body: bytes) -> dict[str, Any]:
-    """The one JSON-RPC message of a body: a request, a notification, or a client's response."""
+def _read_body(body: bytes) -> Parsed:
+    """The JSON of a body: one JSON-RPC message, or a batch of them (a list)."""
     try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return parse_json(body)
+    except TooDeep as error:
+        raise JsonRpcError(INVALID_REQUEST, f"Invalid Request: {error}", http_status=400) from None
+    except ValueError:
         raise JsonRpcError(PARSE_ERROR, "Parse error: the body is not valid JSON", http_status=400) from None
-    if isinstance(message, list):
-        raise JsonRpcError(INVALID_REQUEST, "Invalid Request: batches are not supported", http_status=400)
+
+
+def _check_message(message: Any) -> dict[str, Any]:
+    """A JSON-RPC message: a request, a notification, or a client's response."""
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         raise JsonRpcError(INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object", http_status=400)
     if "method" not in message:
@@ -118,6 +130,22 @@ def _read_message(body: bytes) -> dict[str, Any]:
     if not isinstance(message["method"], str) or not message["method"]:
         raise JsonRpcError(INVALID_REQUEST, "Invalid Request: method must be a string", http_status=400)
     return message
+
+
+def _not_json_numbers() -> JsonRpcError:
+    return JsonRpcError(PARSE_ERROR, "Parse error: NaN, Infinity and -Infinity are not JSON numbers", http_status=400)
+
+
+def _refuse_unfit(params: dict[str, Any], status: int) -> None:
+    """Invalid params naming a string parameter (or argument, or key) that holds U+0000 or a lone surrogate."""
+    unfit = find_unfit(params, max_depth=2)
+    if unfit is not None:
+        raise JsonRpcError(
+            INVALID_PARAMS,
+            f"Invalid params: {unfit.field}: {unfit.problem}",
+            http_status=status,
+            data={"field": unfit.field},
+        )
 
 
 def _unauthorized(token_presented: bool) -> JsonRpcError:
@@ -158,6 +186,19 @@ class McpServer:
 
     def handle(self, request: HttpRequest) -> HttpResponse:
         """Answer one HTTP request to the MCP endpoint."""
+        response = self._handle(request)
+        if request.header("origin") is not None and response.status != 403:
+            # A browser on an allowed origin may read the answer (a disallowed one got 403 above).
+            response.headers.update(
+                {
+                    "Access-Control-Allow-Origin": request.header("origin") or "",
+                    "Access-Control-Expose-Headers": CORS_EXPOSED,
+                }
+            )
+            response.headers["Vary"] = "Origin"
+        return response
+
+    def _handle(self, request: HttpRequest) -> HttpResponse:
         rejection = self._check_http(request)
         if rejection is not None:
             return rejection
@@ -186,6 +227,17 @@ class McpServer:
             return self._error(None, JsonRpcError(FORBIDDEN, "Forbidden: Host not allowed", http_status=403))
         if not origin_allowed(request.header("origin"), self.allowed_origins):
             return self._error(None, JsonRpcError(FORBIDDEN, "Forbidden: Origin not allowed", http_status=403))
+        if request.method == "OPTIONS":
+            # The CORS preflight of a browser-based client: what it may send. No token is needed to ask.
+            return HttpResponse(
+                status=204,
+                body="",
+                headers={
+                    "Access-Control-Allow-Methods": "POST, GET, DELETE",
+                    "Access-Control-Allow-Headers": CORS_ALLOWED_HEADERS,
+                    "Access-Control-Max-Age": "600",
+                },
+            )
         if request.method != "POST":
             error = JsonRpcError(INVALID_REQUEST, "Method Not Allowed: this endpoint takes POST only", http_status=405)
             return self._error(None, error, {"Allow": "POST"})
@@ -215,23 +267,81 @@ class McpServer:
 
     def _handle_message(self, request: HttpRequest, authorization: str, log: dict[str, Any]) -> HttpResponse:
         try:
-            message = _read_message(request.body)
+            parsed = _read_body(request.body)
+            if isinstance(parsed.value, list):
+                return self._handle_batch(request, parsed, authorization, log)
+            message = _check_message(parsed.value)
+            # In the arguments of a tool call they are named like any bad argument; anywhere else, not JSON.
+            if parsed.non_finite and not (message.get("method") == "tools/call" and "id" in message):
+                raise _not_json_numbers()
         except JsonRpcError:
             self._principal(authorization, log)  # an unauthenticated caller learns nothing about its body
             raise
+        reply, events, stream = self._answer(request, message, parsed.non_finite, authorization, log)
+        if reply is None:
+            return HttpResponse(status=202)
+        if stream:
+            return sse_response([*events, reply])
+        return json_response(200, reply)
+
+    def _handle_batch(
+        self, request: HttpRequest, parsed: Parsed, authorization: str, log: dict[str, Any]
+    ) -> HttpResponse:
+        """A JSON-RPC batch: accepted under 2025-03-26 only (the one version whose servers must take them),
+        answered as one JSON array; a batch of notifications and responses only gets 202."""
+        version = request.header("mcp-protocol-version")
+        if version not in (None, "", BATCH_VERSION):
+            raise JsonRpcError(
+                INVALID_REQUEST, f"Invalid Request: batches are not supported under {version}", http_status=400
+            )
+        if not parsed.value:
+            raise JsonRpcError(INVALID_REQUEST, "Invalid Request: an empty batch", http_status=400)
+        if parsed.non_finite:
+            raise _not_json_numbers()
+        replies: list[dict[str, Any]] = []
+        for item in parsed.value:
+            item_log: dict[str, Any] = {}
+            try:
+                message = _check_message(item)
+                if message.get("method") == "initialize":
+                    raise JsonRpcError(INVALID_REQUEST, "Invalid Request: initialize cannot be part of a batch")
+                reply, _, _ = self._answer(request, message, False, authorization, item_log)
+            except JsonRpcError as error:
+                if error.http_status == 401:
+                    raise
+                # An error about a notification is not answered; any other message gets its error.
+                request_id = item.get("id") if isinstance(item, dict) else None
+                if isinstance(item, dict) and "method" in item and "id" not in item:
+                    continue
+                reply = _rpc_error(request_id if _is_valid_id(request_id) else None, error)
+            finally:
+                if "principal" in item_log:
+                    log["principal"] = item_log["principal"]
+            if reply is not None:
+                replies.append(reply)
+        log["rpc_method"] = f"(batch of {len(parsed.value)})"
+        if not replies:
+            self._principal(authorization, log)
+            return HttpResponse(status=202)
+        return json_response(200, replies)
+
+    def _answer(
+        self, request: HttpRequest, message: dict[str, Any], non_finite: bool, authorization: str, log: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], bool]:
+        """The reply to one message (None for a notification or a response), the events that go before
+        it, and whether they go as an event stream."""
         method = message.get("method")
         if method is None:
             self._principal(authorization, log)
             log["rpc_method"] = "(response)"
-            return HttpResponse(status=202)
+            return None, [], False
         log["rpc_method"] = method
         if "id" not in message:
             self._principal(authorization, log)
-            return HttpResponse(status=202)  # A notification: accepted, nothing to answer.
+            return None, [], False  # A notification: accepted, nothing to answer.
         params = message.get("params", {})
-        tool = (
-            self.registry.tools.get(params.get("name")) if method == "tools/call" and isinstance(params, dict) else None
-        )
+        name = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
+        tool = self.registry.tools.get(name) if isinstance(name, str) else None
         principal = self._principal(authorization, log, defer=tool is not None and tool.verifies_credentials)
         request_id = message["id"]
         if not _is_valid_id(request_id):
@@ -240,14 +350,13 @@ class McpServer:
         params = message.get("params", {})
         if not isinstance(params, dict):
             raise JsonRpcError(INVALID_PARAMS, "Invalid params: params must be an object", http_status=400)
-        parsed = self._negotiate(request, request_id, method, params, principal)
-        parsed.authorization = authorization
-        log["protocol_version"] = parsed.version
-        result, events = self._dispatch(parsed, log)
+        negotiated = self._negotiate(request, request_id, method, params, principal)
+        negotiated.authorization = authorization
+        negotiated.non_finite = non_finite
+        log["protocol_version"] = negotiated.version
+        result, events = self._dispatch(negotiated, log)
         reply = {"jsonrpc": "2.0", "id": request_id, "result": result}
-        if parsed.want_events and (events or not parsed.want_json):
-            return sse_response([*events, reply])
-        return json_response(200, reply)
+        return reply, events, negotiated.want_events and bool(events or not negotiated.want_json)
 
     def _negotiate(
         self, request: HttpRequest, request_id: str | int, method: str, params: dict[str, Any], principal: Any
@@ -382,6 +491,7 @@ class McpServer:
         uri = request.params.get("uri")
         if not isinstance(uri, str) or not uri:
             raise JsonRpcError(INVALID_PARAMS, "Invalid params: uri must be a string", http_status=status)
+        _refuse_unfit({"uri": uri}, status)
         family = next((family for family in self.registry.resources if family.owns(uri)), None)
         contents = family.read_for(request.principal, uri) if family else None
         if contents is None:
@@ -408,6 +518,7 @@ class McpServer:
             raise JsonRpcError(
                 INVALID_PARAMS, "Invalid params: arguments must be an object of strings", http_status=status
             )
+        _refuse_unfit({"name": name, "arguments": arguments}, status)
         for family in self.registry.prompts:
             try:
                 prompt = family.get_for(request.principal, name, arguments)
@@ -469,9 +580,11 @@ class McpServer:
         try:
             try:
                 tool.validate(arguments)
-            except ToolError:
+                if request.non_finite:  # none in the arguments, so elsewhere in the body
+                    raise _not_json_numbers()
+            except (ToolError, JsonRpcError):
                 if tool.verifies_credentials:
-                    self._principal(request.authorization, log)  # a dead token hears 401, not about its arguments
+                    self._principal(request.authorization, log)  # a dead token hears 401, not about its request
                 raise
             answer = tool.handler(call)
         except Unauthenticated:

@@ -18,9 +18,19 @@ from chalicelib.db import Database, sqlstate
 from chalicelib.mcp import NotFound, Registry, Tool, ToolCall, ToolError
 from chalicelib.tools.access import USER_ID_SCHEMA, acting_user
 from chalicelib.tools.chat import MODEL_NAME
-from chalicelib.tools.records import jsonable
+from chalicelib.tools.limits import limit_defaults, quota_error
+from chalicelib.tools.records import (
+    NEXT_CURSOR,
+    PAGE_BYTES,
+    decode_cursor,
+    encode_cursor,
+    fill_page,
+    jsonable,
+    page_arguments,
+)
 
 UNIQUE_VIOLATION = "23505"
+DEFAULT_PAGE = 50
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 CONFIG_NAME: dict[str, Any] = {
     "type": "string",
@@ -114,6 +124,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 def register(registry: Registry, db: Database) -> None:
     """Add the model config tools and chitty_models_list to the registry."""
+    defaults = limit_defaults()
 
     def create(call: ToolCall) -> dict[str, Any]:
         user_id = acting_user(call)
@@ -132,14 +143,25 @@ def register(registry: Registry, db: Database) -> None:
                 top_p=args.get("top_p"),
                 max_tokens=args.get("max_tokens"),
                 system_prompt=args.get("system_prompt"),
+                defaults=defaults,
             )
-        if row is None:
+        assert row is not None
+        if row["refusal"] is not None:
+            raise quota_error(row["refusal"])
+        if row["id"] is None:
             raise NotFound(f"No user {user_id!r}.")
         return config_record(row)
 
     def list_configs(call: ToolCall) -> dict[str, Any]:
-        rows = db.all("list_model_configs", user_id=acting_user(call))
-        return {"configs": [config_record(row) for row in rows]}
+        args = call.arguments
+        limit = args.get("limit", DEFAULT_PAGE)
+        after = decode_cursor(args["cursor"], lambda position: str(position["n"])) if args.get("cursor") else None
+        rows = db.all(
+            "list_model_configs", user_id=acting_user(call), after_name=after, limit=limit + 1, budget=PAGE_BYTES
+        )
+        page = fill_page([config_record(row) for row in rows[:limit]])
+        more = bool(rows) and rows[0]["candidates"] > len(page)
+        return {"configs": page, "next_cursor": encode_cursor({"n": page[-1]["name"]}) if more else None}
 
     def update(call: ToolCall) -> dict[str, Any]:
         args = call.arguments
@@ -203,12 +225,19 @@ def register(registry: Registry, db: Database) -> None:
         Tool(
             name="chitty_model_config_list",
             title="List model configs",
-            description="Your model configs, by name.",
-            input_schema={"type": "object", "properties": owner, "additionalProperties": False},
+            description=(
+                "Your model configs, by name, a page at a time: pass next_cursor back as cursor for the next page, "
+                "until next_cursor is null."
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {**owner, **page_arguments(DEFAULT_PAGE)},
+                "additionalProperties": False,
+            },
             output_schema={
                 "type": "object",
-                "properties": {"configs": {"type": "array", "items": CONFIG}},
-                "required": ["configs"],
+                "properties": {"configs": {"type": "array", "items": CONFIG}, "next_cursor": NEXT_CURSOR},
+                "required": ["configs", "next_cursor"],
             },
             handler=list_configs,
             read_only=True,

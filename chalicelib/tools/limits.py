@@ -1,18 +1,25 @@
-"""Per-user limits: a monthly budget (calendar month, UTC) and per-minute request and token caps."""
+"""Per-user limits: a monthly budget (calendar month, UTC), per-minute request and token caps, and storage
+quotas (how many sessions, templates, configs and keys a user keeps, and how big a session may grow).
+
+The rules live in SQL (sql/definitions/limits.sql): a write over a quota is refused there, before anything
+is written, and the refusal comes back as a value that quota_error turns into the tool's answer.
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 from typing import Any
 
-from chalicelib.config import get_settings
+from chalicelib.config import DEFAULT_QUOTAS, LIMIT_KINDS, MAX_METADATA_BYTES, get_settings
 from chalicelib.db import Database
-from chalicelib.mcp import Forbidden, NotFound, Registry, Tool, ToolCall
+from chalicelib.mcp import Forbidden, InvalidArguments, NotFound, Registry, Tool, ToolCall, ToolError
 from chalicelib.tools.access import USER_ID_SCHEMA, acting_user, principal
 from chalicelib.tools.records import jsonable
 
-KINDS = ("monthly_budget_usd", "requests_per_minute", "tokens_per_minute")
+KINDS = LIMIT_KINDS
+REFUSAL_FIELDS = ("quota", "limit", "used", "requested")
 LIMIT = {
     "type": "object",
     "properties": {
@@ -21,6 +28,7 @@ LIMIT = {
     },
     "required": ["value", "source"],
 }
+COUNT = {"type": "integer"}
 STATUS_SCHEMA = {
     "type": "object",
     "properties": {
@@ -33,14 +41,41 @@ STATUS_SCHEMA = {
         "requests_last_minute": {"type": "integer"},
         "tokens_last_minute": {"type": "integer"},
         "requests_in_progress": {"type": "integer"},
+        "stored": {
+            "type": "object",
+            "description": "What counts against the storage quotas now.",
+            "properties": {kind: COUNT for kind in ("sessions", "session_templates", "model_configs", "api_keys")},
+        },
     },
     "required": ["user_id", "limits", "month_spent_usd", "month_resets_at"],
 }
+QUOTA_DESCRIPTIONS = {
+    "sessions": "Sessions a user keeps (active and archived).",
+    "messages_per_session": "Messages one session holds (each turn stores its new messages and the reply).",
+    "bytes_per_session": "Bytes of text one session holds: its system prompt and its messages.",
+    "metadata_bytes_per_session": (
+        f"Bytes of one session's metadata, as JSON text (also a template's default_metadata); at most "
+        f"{MAX_METADATA_BYTES}, and null means that maximum."
+    ),
+    "session_templates": "Session templates a user keeps (built-ins do not count).",
+    "model_configs": "Model configs a user keeps.",
+    "api_keys": "OpenAI keys a user keeps, active and revoked; storing one at the quota deletes the oldest revoked.",
+}
+
+
+def limit_defaults() -> str:
+    """The configured default of every limit kind, as the SQL functions take it (a JSON object)."""
+    return json.dumps(get_settings().default_limits)
+
+
+def quota_error(refusal: dict[str, Any]) -> ToolError:
+    """The tool answer to a write a storage quota refused: its sentence, and the numbers as data."""
+    return ToolError(refusal["message"], data={field: refusal[field] for field in REFUSAL_FIELDS})
 
 
 def register(registry: Registry, db: Database) -> None:
     """Add chitty_usage_limits_get and chitty_usage_limits_set."""
-    defaults = json.dumps(get_settings().default_limits)
+    defaults = limit_defaults()
 
     def status(user_id: str) -> dict[str, Any]:
         row = db.one("limits_status", user_id=user_id, defaults=defaults)
@@ -59,6 +94,7 @@ def register(registry: Registry, db: Database) -> None:
                 "requests_last_minute": row["requests_last_minute"],
                 "tokens_last_minute": row["tokens_last_minute"],
                 "requests_in_progress": row["reserved_requests"],
+                "stored": row["stored"],
             }
         )
 
@@ -70,6 +106,14 @@ def register(registry: Registry, db: Database) -> None:
             raise Forbidden("Only admins may set limits.")
         user_id = call.arguments["user_id"]
         changes = {kind: call.arguments[kind] for kind in KINDS if kind in call.arguments}
+        for kind, value in changes.items():
+            # JSON has no NaN or Infinity, but Python's parser reads them, and NaN passes any minimum.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidArguments(
+                    f"Invalid arguments for chitty_usage_limits_set: {kind}: must be a finite number "
+                    f"(not {value}); null removes the limit",
+                    data={"field": kind},
+                )
 
         def apply(tx: Any) -> bool:
             return all(
@@ -84,7 +128,7 @@ def register(registry: Registry, db: Database) -> None:
     description = (
         "Limits in force for a user (yourself unless you are an admin naming user_id), where each comes from "
         "(user, default, none), and what counts against them now: this calendar month's spend (UTC), calls in "
-        "progress, and the last minute's requests and tokens."
+        "progress, the last minute's requests and tokens, and the sessions, templates, configs and keys stored."
     )
     registry.add_tool(
         Tool(
@@ -103,14 +147,25 @@ def register(registry: Registry, db: Database) -> None:
         )
     )
     limit_value = {"type": ["number", "null"], "minimum": 0}
+    count = {"type": ["integer", "null"], "minimum": 0}
+    quotas: dict[str, dict[str, Any]] = {
+        kind: {**count, "maximum": 1_000_000_000_000 if kind == "bytes_per_session" else 1_000_000_000}
+        for kind in DEFAULT_QUOTAS
+    }
+    quotas["metadata_bytes_per_session"]["maximum"] = MAX_METADATA_BYTES
+    for kind, schema in quotas.items():
+        schema["description"] = QUOTA_DESCRIPTIONS[kind]
     registry.add_tool(
         Tool(
             name="chitty_usage_limits_set",
             title="Set usage limits",
             description=(
-                "Admins: set a user's monthly budget in USD (calendar month, UTC), requests per minute and tokens "
-                "per minute. Omitted limits are unchanged; null removes that limit for the user (no limit, "
-                "whatever the server's defaults). Calls over a limit are refused before reaching OpenAI."
+                "Admins: set a user's monthly budget in USD (calendar month, UTC), requests per minute, tokens "
+                "per minute, and storage quotas: sessions, messages_per_session, bytes_per_session, "
+                "metadata_bytes_per_session, session_templates, model_configs, api_keys. Omitted limits are "
+                "unchanged; null removes that limit for the user (no limit, whatever the server's defaults). "
+                "Calls over a limit are refused before reaching OpenAI; writes over a quota before anything is "
+                "stored."
             ),
             input_schema={
                 "type": "object",
@@ -119,6 +174,7 @@ def register(registry: Registry, db: Database) -> None:
                     "monthly_budget_usd": {**limit_value, "maximum": 1_000_000},
                     "requests_per_minute": {**limit_value, "type": ["integer", "null"], "maximum": 1_000_000},
                     "tokens_per_minute": {**limit_value, "type": ["integer", "null"], "maximum": 1_000_000_000},
+                    **quotas,
                 },
                 "required": ["user_id"],
                 "additionalProperties": False,

@@ -21,9 +21,23 @@ from chalicelib.db import Database, Row, Transaction
 from chalicelib.mcp import Forbidden, InvalidArguments, NotFound, PromptFamily, Registry, Tool, ToolCall, ToolError
 from chalicelib.tools.access import USER_ID_SCHEMA, acting_user
 from chalicelib.tools.configs import CONFIG_NAME, NAME_PATTERN, config_not_found, unique_name
-from chalicelib.tools.records import jsonable
+from chalicelib.tools.limits import MAX_METADATA_BYTES, limit_defaults, quota_error
+from chalicelib.tools.records import (
+    NEXT_CURSOR,
+    PAGE_BYTES,
+    decode_cursor,
+    encode_cursor,
+    fill_page,
+    jsonable,
+    page_arguments,
+)
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# A session takes values for at most this many variables (VARIABLE_VALUES), so no template has more.
+MAX_VARIABLES = 100
+DEFAULT_PAGE = 50
+# prompts/list is one answer, not paged: when the full list would pass this, arguments go without descriptions.
+PROMPTS_BYTES = 4_000_000
 TEMPLATE_NAME: dict[str, Any] = {
     "type": "string",
     "pattern": NAME_PATTERN,
@@ -41,12 +55,16 @@ FIELDS: dict[str, dict[str, Any]] = {
     "variable_descriptions": {
         "type": "object",
         "additionalProperties": {"type": "string", "maxLength": 500},
+        "maxProperties": MAX_VARIABLES,
         "description": 'Help text per placeholder, e.g. {"jurisdiction": "Governing law, e.g. Delaware"}.',
     },
     "model_config": {**CONFIG_NAME, "description": "Model config of sessions created from the template."},
     "default_metadata": {
         "type": "object",
-        "description": "Metadata of sessions created from the template; metadata given at creation is merged over it.",
+        "description": (
+            "Metadata of sessions created from the template; metadata given at creation is merged over it. "
+            f"Bounded like a session's metadata (metadata_bytes_per_session, at most {MAX_METADATA_BYTES} bytes)."
+        ),
     },
 }
 VARIABLE_VALUES: dict[str, Any] = {
@@ -109,9 +127,16 @@ def render(template: Row, values: Mapping[str, str]) -> str:
     return PLACEHOLDER.sub(lambda match: values[match.group(1)], template["system_prompt"])
 
 
-def _check_descriptions(row: Row) -> None:
-    """Refuse help text for a name that is not a placeholder of the system prompt (most likely a typo)."""
+def _check_variables(row: Row) -> None:
+    """Refuse more variables than a session can fill, and help text for a name that is not a placeholder of
+    the system prompt (most likely a typo)."""
     names = variables_of(row["system_prompt"])
+    if len(names) > MAX_VARIABLES:
+        raise InvalidArguments(
+            f"system_prompt: {len(names)} distinct {{{{variable}}}} placeholders; a template has at most "
+            f"{MAX_VARIABLES}.",
+            data={"field": "system_prompt"},
+        )
     stray = sorted(set(row["variable_descriptions"]) - set(names))
     if stray:
         raise InvalidArguments(
@@ -144,9 +169,10 @@ def template_record(row: Row) -> dict[str, Any]:
     )
 
 
-def prompt_entry(row: Row) -> dict[str, Any]:
-    """A template as an MCP prompt: its variables are the prompt's arguments, all required."""
-    descriptions = row["variable_descriptions"]
+def prompt_entry(row: Row, *, described: bool = True) -> dict[str, Any]:
+    """A template as an MCP prompt: its variables are the prompt's arguments, all required (with their help
+    text unless `described` is False)."""
+    descriptions = row["variable_descriptions"] if described else {}
     arguments = []
     for name in variables_of(row["system_prompt"]):
         argument: dict[str, Any] = {"name": name, "required": True}
@@ -161,10 +187,33 @@ def prompt_entry(row: Row) -> dict[str, Any]:
     }
 
 
+def prompt_list(rows: list[Row], budget: int = PROMPTS_BYTES) -> list[dict[str, Any]]:
+    """Templates as the prompts of one prompts/list answer, kept under `budget` bytes: with their arguments'
+    help text when it fits, else without it; past the budget even so, the list stops (chitty_session_template_list
+    pages through every template, and prompts/get takes any of them by name)."""
+    entries = [prompt_entry(row) for row in rows]
+    if _json_bytes(entries) <= budget:
+        return entries
+    listed: list[dict[str, Any]] = []
+    used = 0
+    for row in rows:
+        entry = prompt_entry(row, described=False)
+        used += _json_bytes(entry) + 1
+        if used > budget:
+            break
+        listed.append(entry)
+    return listed
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
 def register(registry: Registry, db: Database) -> None:
     """Add the session template tools, and templates as MCP prompts, to the registry."""
+    defaults = limit_defaults()
 
-    def refusal(user_id: str, name: str, model_config: str | None) -> ToolError:
+    def refusal(user_id: str, name: str, model_config: str | None, default_metadata: Any) -> ToolError:
         """Why a change to the user's template `name` touched no row."""
         usable = db.one("usable_session_template", user_id=user_id, template_name=name)
         if usable is None:
@@ -174,11 +223,21 @@ def register(registry: Registry, db: Database) -> None:
                 f"{name!r} is a built-in template and is read-only. To adapt it, create your own template "
                 f"named {name!r}: yours then replaces the built-in for you."
             )
+        if default_metadata is not None:
+            refused = db.one(
+                "metadata_refusal",
+                user_id=user_id,
+                metadata=json.dumps(default_metadata),
+                current=json.dumps(usable["default_metadata"]),
+                defaults=defaults,
+            )
+            if refused is not None and refused["refusal"] is not None:
+                return quota_error(refused["refusal"])
         assert model_config is not None  # the user has the template: only the model config can be missing
         return config_not_found(model_config)
 
     def prompts_for(caller: Principal) -> list[dict[str, Any]]:
-        return [prompt_entry(row) for row in db.all("usable_session_templates", user_id=caller.user_id)]
+        return prompt_list(db.all("usable_session_templates", user_id=caller.user_id))
 
     def get_prompt(caller: Principal, name: str, arguments: dict[str, str]) -> dict[str, Any] | None:
         row = db.one("usable_session_template", user_id=caller.user_id, template_name=name)
@@ -202,7 +261,7 @@ def register(registry: Registry, db: Database) -> None:
             "system_prompt": args["system_prompt"],
             "variable_descriptions": args.get("variable_descriptions", {}),
         }
-        _check_descriptions(template)
+        _check_variables(template)
         taken = (
             f"You already have a session template named {args['name']!r}; choose another name, "
             "or change it with chitty_session_template_update."
@@ -218,16 +277,37 @@ def register(registry: Registry, db: Database) -> None:
                 variable_descriptions=json.dumps(template["variable_descriptions"]),
                 model_config=args.get("model_config"),
                 default_metadata=json.dumps(args.get("default_metadata", {})),
+                defaults=defaults,
             )
-        if row is None:
+        assert row is not None
+        if row["refusal"] is not None:
+            raise quota_error(row["refusal"])
+        if row["id"] is None:
             if args.get("model_config") is not None:
                 raise config_not_found(args["model_config"])
             raise NotFound(f"No user {user_id!r}.")
         return template_record(row)
 
     def list_templates(call: ToolCall) -> dict[str, Any]:
-        rows = db.all("list_session_templates", user_id=acting_user(call))
-        return {"templates": [template_record(row) for row in rows]}
+        args = call.arguments
+        limit = args.get("limit", DEFAULT_PAGE)
+        after_name, after_builtin = (
+            decode_cursor(args["cursor"], lambda position: (str(position["n"]), bool(position["b"])))
+            if args.get("cursor")
+            else (None, None)
+        )
+        rows = db.all(
+            "list_session_templates",
+            user_id=acting_user(call),
+            after_name=after_name,
+            after_builtin=after_builtin,
+            limit=limit + 1,
+            budget=PAGE_BYTES,
+        )
+        page = fill_page([template_record(row) for row in rows[:limit]])
+        more = bool(rows) and rows[0]["candidates"] > len(page)
+        next_cursor = encode_cursor({"n": page[-1]["name"], "b": page[-1]["builtin"]}) if more else None
+        return {"templates": page, "next_cursor": next_cursor}
 
     def update(call: ToolCall) -> dict[str, Any]:
         user_id = acting_user(call)
@@ -236,23 +316,27 @@ def register(registry: Registry, db: Database) -> None:
 
         def change(tx: Transaction) -> Row | None:
             row = tx.one(
-                "update_session_template", user_id=user_id, template_name=args["name"], changes=json.dumps(changes)
+                "update_session_template",
+                user_id=user_id,
+                template_name=args["name"],
+                changes=json.dumps(changes),
+                defaults=defaults,
             )
             if row is not None:
-                _check_descriptions(row)  # of the result: the prompt and the help text may change separately
+                _check_variables(row)  # of the result: the prompt and the help text may change separately
             return row
 
         with unique_name(f"You already have a session template named {args.get('new_name')!r}; choose another."):
             row = db.transaction(change)
         if row is None:
-            raise refusal(user_id, args["name"], args.get("model_config"))
+            raise refusal(user_id, args["name"], args.get("model_config"), args.get("default_metadata"))
         return template_record(row)
 
     def delete(call: ToolCall) -> dict[str, Any]:
         user_id = acting_user(call)
         row = db.one("delete_session_template", user_id=user_id, template_name=call.arguments["name"])
         if row is None:
-            raise refusal(user_id, call.arguments["name"], None)
+            raise refusal(user_id, call.arguments["name"], None, None)
         return {"name": row["name"], "deleted": True}
 
     owner = {"user_id": USER_ID_SCHEMA}
@@ -283,13 +367,18 @@ def register(registry: Registry, db: Database) -> None:
             title="List session templates",
             description=(
                 "Your session templates and the built-in ones (legal research, contract review, case analysis, "
-                "document analysis, financial analysis, fact-checking), with their variables."
+                "document analysis, financial analysis, fact-checking), with their variables, by name, a page at "
+                "a time: pass next_cursor back as cursor for the next page, until next_cursor is null."
             ),
-            input_schema={"type": "object", "properties": owner, "additionalProperties": False},
+            input_schema={
+                "type": "object",
+                "properties": {**owner, **page_arguments(DEFAULT_PAGE)},
+                "additionalProperties": False,
+            },
             output_schema={
                 "type": "object",
-                "properties": {"templates": {"type": "array", "items": TEMPLATE}},
-                "required": ["templates"],
+                "properties": {"templates": {"type": "array", "items": TEMPLATE}, "next_cursor": NEXT_CURSOR},
+                "required": ["templates", "next_cursor"],
             },
             handler=list_templates,
             read_only=True,

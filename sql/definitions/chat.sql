@@ -101,7 +101,11 @@ DECLARE
     prompt_bound integer;
     worst_cost numeric;
     worst_tokens integer;
+    new_bytes bigint := 0;
+    refusal jsonb;
 BEGIN
+    -- Lock waits (the user's limits and quotas) end on the server, below the client's own timeout.
+    PERFORM set_config('lock_timeout', (p_settings ->> 'lock_timeout_ms') || 'ms', true);
     SELECT * INTO caller FROM authenticate_token(p_token_hash);
     IF caller.user_id IS NULL THEN
         RETURN jsonb_build_object('error', 'unauthenticated');
@@ -151,6 +155,16 @@ BEGIN
     IF key.id IS NULL AND NOT coalesce((p_settings ->> 'server_key')::boolean, false) THEN
         RETURN jsonb_build_object('error', 'no_api_key', 'caller', caller.user_id);
     END IF;
+    IF session.id IS NOT NULL THEN
+        -- The session's quotas: its new messages and the reply, checked and reserved under the user's lock.
+        SELECT coalesce(sum(octet_length(m.value ->> 'content')), 0) INTO new_bytes
+        FROM jsonb_array_elements(p_messages) AS m;
+        refusal := session_storage_refusal(target, session.id, jsonb_array_length(p_messages) + 1, new_bytes,
+                                           p_settings);
+        IF refusal IS NOT NULL THEN
+            RETURN refusal || jsonb_build_object('caller', caller.user_id);
+        END IF;
+    END IF;
 
     SELECT max(value) FILTER (WHERE kind = 'monthly_budget_usd'),
            max(value) FILTER (WHERE kind = 'requests_per_minute'),
@@ -158,9 +172,7 @@ BEGIN
     INTO budget, rpm, tpm
     FROM effective_limits(target, p_settings);
     IF budget IS NOT NULL OR rpm IS NOT NULL OR tpm IS NOT NULL THEN
-        -- One limit check at a time per user: the check and the reservation are one atomic step. The wait
-        -- is bounded by the server, below the client's own timeout.
-        PERFORM set_config('lock_timeout', (p_settings ->> 'lock_timeout_ms') || 'ms', true);
+        -- One limit check at a time per user: the check and the reservation are one atomic step.
         PERFORM pg_advisory_xact_lock(hashtextextended('chitty-usage:' || target, 0));
         IF max_tokens IS NULL AND (budget IS NOT NULL OR tpm IS NOT NULL) THEN
             max_tokens := (p_settings ->> 'limited_max_tokens')::integer;
@@ -198,9 +210,12 @@ BEGIN
                 'requested', worst_tokens,
                 'resets_at', coalesce(used.oldest_in_minute, now()) + interval '1 minute');
         END IF;
-        INSERT INTO usage_reservations (turn_id, user_id, cost_usd, tokens, expires_at)
-        VALUES (p_turn_id, target, worst_cost, worst_tokens,
-                now() + make_interval(secs => (p_settings ->> 'reservation_seconds')::integer));
+    END IF;
+    IF worst_tokens IS NOT NULL OR session.id IS NOT NULL THEN
+        INSERT INTO usage_reservations (turn_id, user_id, cost_usd, tokens, expires_at, session_id, messages, bytes)
+        VALUES (p_turn_id, target, worst_cost, coalesce(worst_tokens, 0),
+                now() + make_interval(secs => (p_settings ->> 'reservation_seconds')::integer), session.id,
+                CASE WHEN session.id IS NULL THEN 0 ELSE jsonb_array_length(p_messages) + 1 END, new_bytes);
     END IF;
 
     RETURN jsonb_build_object(

@@ -2,14 +2,39 @@
 -- per user and are how configs are addressed; another user's config is simply not found.
 
 -- name: create_model_config
-INSERT INTO model_configs (user_id, name, model, temperature, top_p, max_tokens, system_prompt)
-SELECT id, :config_name, :model, CAST(:temperature AS numeric), CAST(:top_p AS numeric),
-       CAST(:max_tokens AS integer), CAST(:system_prompt AS text)
-FROM users WHERE id = :user_id
-RETURNING *;
+-- refusal: why the quota forbids the config (and nothing is written), else NULL. The config's columns are
+-- NULL when the user does not exist.
+WITH refusal AS MATERIALIZED (
+    SELECT storage_quota_refusal(:user_id, 'model_configs', 1, CAST(:defaults AS jsonb)) AS refusal
+), created AS (
+    INSERT INTO model_configs (user_id, name, model, temperature, top_p, max_tokens, system_prompt)
+    SELECT id, :config_name, :model, CAST(:temperature AS numeric), CAST(:top_p AS numeric),
+           CAST(:max_tokens AS integer), CAST(:system_prompt AS text)
+    FROM users
+    WHERE id = :user_id AND (SELECT r.refusal FROM refusal r) IS NULL
+    RETURNING *
+)
+SELECT r.refusal, m.*
+FROM refusal r
+LEFT JOIN created m ON true;
 
 -- name: list_model_configs
-SELECT * FROM model_configs WHERE user_id = :user_id ORDER BY name;
+-- A page by name after :after_name: the first :limit configs, cut after the one whose text takes the page
+-- past :budget bytes. candidates: how many configs the page was cut from (:limit when more may follow).
+WITH candidates AS MATERIALIZED (
+    SELECT m.*, octet_length(m.name) + octet_length(m.model) + coalesce(octet_length(m.system_prompt), 0)
+                AS text_bytes
+    FROM model_configs m
+    WHERE m.user_id = :user_id AND (CAST(:after_name AS text) IS NULL OR m.name > CAST(:after_name AS text))
+    ORDER BY m.name
+    LIMIT CAST(:limit AS integer)
+), page AS (
+    SELECT p.*, sum(p.text_bytes) OVER (ORDER BY p.name) - p.text_bytes AS bytes_before FROM candidates p
+)
+SELECT p.*, (SELECT count(*) FROM candidates) AS candidates
+FROM page p
+WHERE p.bytes_before < CAST(:budget AS bigint)
+ORDER BY p.name;
 
 -- name: update_model_config
 -- :changes holds only the fields to change; an optional field given as null is cleared.

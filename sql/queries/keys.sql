@@ -15,10 +15,20 @@ SELECT CAST(:key_id AS uuid), :user_id, CAST(:label AS text), :last_four, :ciphe
 FROM replaced
 RETURNING id, label, last_four, status, created_at, (SELECT key_id FROM replaced) AS replaced_key_id;
 
+-- name: make_room_for_api_key
+-- In the transaction that stores a key: NULL when it fits the user's api_keys quota (their oldest revoked
+-- keys deleted to make room), else the refusal.
+SELECT api_key_room(:user_id, CAST(:defaults AS jsonb)) AS refusal;
+
 -- name: list_api_keys
+-- A page, newest first, after the cursor (:after_created, :after_id); :limit rows at most.
 SELECT id, label, last_four, status, created_at, revoked_at, last_used_at
-FROM api_keys WHERE user_id = :user_id
-ORDER BY created_at DESC, id;
+FROM api_keys
+WHERE user_id = :user_id
+  AND (CAST(:after_created AS timestamptz) IS NULL
+       OR (created_at, id) < (CAST(:after_created AS timestamptz), CAST(:after_id AS uuid)))
+ORDER BY created_at DESC, id DESC
+LIMIT CAST(:limit AS integer);
 
 -- name: revoke_api_key
 UPDATE api_keys SET status = 'revoked', revoked_at = coalesce(revoked_at, now())

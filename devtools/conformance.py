@@ -1,0 +1,639 @@
+"""`make conformance`: the official MCP conformance suite's server scenarios against a running server.
+
+Start the server first (`make run` in another terminal). Two releases of the suite run, each from
+npm with the project's Node 22: the stable one that devtools/node.sh installs under .chitty/node,
+and the newest 0.2 prerelease under .chitty/conformance-0.2. The 0.2 suite speaks both eras of
+the protocol, so each of its scenarios runs once at the newest handshake-era version it lists
+(2025-11-25: initialize) and once at 2026-07-28 (stateless: server/discover, per-request _meta).
+
+A scenario runs unless the table below says why it does not apply to this server (most need a
+fixture of the reference server, the suite's "everything server"); a scenario the table does not
+know, one a newer suite adds, runs. The suite cannot send a bearer token, so devtools/auth-proxy.mjs
+sits between it and the server and adds one. Exit status: 0 when every scenario that applies
+passes, 1 when one fails, 2 when nothing could run.
+
+Environment: MCP_URL (default http://127.0.0.1:$PORT/mcp, PORT 8000), MCP_BEARER_TOKEN (default:
+the dev-token that `make run` keeps in .chitty/ or $CHITTY_RUN_DIR), CONFORMANCE_PRERELEASE (the
+0.2 release to run, default below).
+
+    python -m devtools.conformance [--verbose] [SCENARIO ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("CHITTY_RUN_DIR") or ROOT / ".chitty")
+PACKAGE = "@modelcontextprotocol/conformance"
+PRERELEASE = os.environ.get("CONFORMANCE_PRERELEASE", "0.2.0-alpha.12")
+# Versions up to this one open with `initialize`; later ones are stateless. The suite runs a scenario once per era.
+LAST_HANDSHAKE_VERSION = "2025-11-25"
+SERVER_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28")
+PARALLEL_RUNS = 4
+RUN_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    """Why a scenario, or some of its checks, does not apply to this server.
+
+    `wires` limits the row to those protocol versions, `checks` to those check ids (a check listed
+    here is excused only while the suite reports it "Not testable"; any other failure still counts).
+    """
+
+    scenario: str
+    reason: str
+    wires: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
+
+
+def _fixture(kind: str, name: str, *more: str) -> str:
+    return " ".join([f"needs the reference server's fixture {kind} {name}", *more])
+
+
+_STATELESS_SAMPLING = "and server-to-client sampling, which a stateless server without sessions does not offer"
+_STATELESS_ELICITATION = "and server-to-client elicitation, which a stateless server without sessions does not offer"
+_NO_INPUT_REQUESTS = "(the server never asks the client for input: SEP-2322 InputRequiredResult)"
+_NO_SUBSCRIBE = (
+    "needs resources/subscribe: a stateless server has no stream to send updates on, and declares subscribe: false"
+)
+_TASKS = (
+    "needs the io.modelcontextprotocol/tasks extension (SEP-2663) and its fixture tools; the server declares neither"
+)
+_SKILLS = (
+    "needs the io.modelcontextprotocol/skills extension (SEP-2640), which the server does not declare "
+    "(without it every check skips)"
+)
+
+# The scenarios that apply to this server, as read from their source: they need nothing the server lacks.
+APPLIES = (
+    "server-initialize",
+    "ping",
+    "tools-list",
+    "resources-list",
+    "prompts-list",
+    "dns-rebinding-protection",
+    "server-sse-multiple-streams",
+    "server-stateless",
+    "caching",
+    "http-header-validation",
+    "sep-2164-resource-not-found",
+    "input-required-result-unsupported-methods",
+)
+
+# Every scenario of either suite that does not apply, and why, as read from its source.
+TABLE: tuple[NotApplicable, ...] = (
+    NotApplicable(
+        "logging-set-level",
+        "needs logging/setLevel: the server sends no log messages, so it declares no logging capability",
+    ),
+    NotApplicable(
+        "completion-complete",
+        "needs completion/complete (the completions capability, which the server does not declare) "
+        "for the reference server's fixture prompt test_prompt_with_arguments",
+    ),
+    NotApplicable("tools-call-simple-text", _fixture("tool", "test_simple_text")),
+    NotApplicable("tools-call-image", _fixture("tool", "test_image_content")),
+    NotApplicable("tools-call-audio", _fixture("tool", "test_audio_content")),
+    NotApplicable("tools-call-embedded-resource", _fixture("tool", "test_embedded_resource")),
+    NotApplicable("tools-call-mixed-content", _fixture("tool", "test_multiple_content_types")),
+    NotApplicable(
+        "tools-call-with-logging",
+        _fixture("tool", "test_tool_with_logging", "and logging/setLevel (see logging-set-level)"),
+    ),
+    NotApplicable("tools-call-error", _fixture("tool", "test_error_handling")),
+    NotApplicable("tools-call-with-progress", _fixture("tool", "test_tool_with_progress")),
+    NotApplicable("tools-call-sampling", _fixture("tool", "test_sampling", _STATELESS_SAMPLING)),
+    NotApplicable("tools-call-elicitation", _fixture("tool", "test_elicitation", _STATELESS_ELICITATION)),
+    NotApplicable("json-schema-2020-12", _fixture("tool", "json_schema_2020_12_tool")),
+    NotApplicable(
+        "elicitation-sep1034-defaults", _fixture("tool", "test_elicitation_sep1034_defaults", _STATELESS_ELICITATION)
+    ),
+    NotApplicable(
+        "elicitation-sep1330-enums", _fixture("tool", "test_elicitation_sep1330_enums", _STATELESS_ELICITATION)
+    ),
+    NotApplicable(
+        "server-sse-polling",
+        "needs Mcp-Session-Id sessions, resumable SSE streams (event ids, Last-Event-ID) and the reference "
+        "server's fixture tool test_reconnection; the server is stateless and answers each POST in one body",
+    ),
+    NotApplicable(
+        "server-sse-multiple-streams",
+        "at this version it needs an Mcp-Session-Id, which a stateless server does not issue "
+        "(the scenario stops at a warning); it runs at 2026-07-28",
+        wires=("2025-11-25",),
+    ),
+    NotApplicable(
+        "server-session-lifecycle",
+        "needs Mcp-Session-Id sessions (DELETE ends one, then 404); a stateless server issues none "
+        "(the scenario reports itself not applicable)",
+    ),
+    NotApplicable("resources-read-text", _fixture("resource", "test://static-text")),
+    NotApplicable("resources-read-binary", _fixture("resource", "test://static-binary")),
+    NotApplicable("resources-templates-read", _fixture("resource template", "test://template/{id}/data")),
+    NotApplicable("resources-subscribe", _NO_SUBSCRIBE),
+    NotApplicable("resources-unsubscribe", _NO_SUBSCRIBE),
+    NotApplicable("prompts-get-simple", _fixture("prompt", "test_simple_prompt")),
+    NotApplicable("prompts-get-with-args", _fixture("prompt", "test_prompt_with_arguments")),
+    NotApplicable("prompts-get-embedded-resource", _fixture("prompt", "test_prompt_with_embedded_resource")),
+    NotApplicable("prompts-get-with-image", _fixture("prompt", "test_prompt_with_image")),
+    NotApplicable(
+        "http-custom-header-server-validation",
+        "needs a tool with x-mcp-header parameters (SEP-2243 custom headers); none of the server's tools has one",
+    ),
+    NotApplicable(
+        "server-stateless",
+        _fixture("tool", "test_missing_capability", "(the server's tools need no client capability)"),
+        checks=("sep-2575-server-rejects-undeclared-capability", "sep-2575-missing-capability-http-400"),
+    ),
+    NotApplicable(
+        "server-stateless",
+        _fixture("tool", "test_streaming_elicitation", _NO_INPUT_REQUESTS),
+        checks=("sep-2575-http-server-no-independent-requests-on-stream",),
+    ),
+    NotApplicable(
+        "server-stateless",
+        _fixture("tool", "test_logging_tool", "(the server sends no log messages)"),
+        checks=("sep-2575-server-no-log-without-loglevel",),
+    ),
+    NotApplicable(
+        "input-required-result-basic-elicitation",
+        _fixture("tool", "test_input_required_result_elicitation", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-basic-sampling",
+        _fixture("tool", "test_input_required_result_sampling", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-basic-list-roots",
+        _fixture("tool", "test_input_required_result_list_roots", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-request-state",
+        _fixture("tool", "test_input_required_result_request_state", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-multiple-input-requests",
+        _fixture("tool", "test_input_required_result_multiple_inputs", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-multi-round",
+        _fixture("tool", "test_input_required_result_multi_round", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-missing-input-response",
+        _fixture("tool", "test_input_required_result_elicitation", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-non-tool-request",
+        _fixture("prompt", "test_input_required_result_prompt", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-result-type",
+        _fixture("tool", "test_input_required_result_elicitation", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-tampered-state",
+        _fixture("tool", "test_input_required_result_tampered_state", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-capability-check",
+        _fixture("tool", "test_input_required_result_capabilities", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-ignore-extra-params",
+        _fixture("tool", "test_input_required_result_elicitation", _NO_INPUT_REQUESTS),
+    ),
+    NotApplicable(
+        "input-required-result-validate-input",
+        _fixture(
+            "tool",
+            "test_input_required_result_elicitation",
+            "(the server never asks the client for input; against any server without the fixture the scenario "
+            "passes on its 'Unknown tool' error)",
+        ),
+    ),
+    *(
+        NotApplicable(f"tasks-{name}", _TASKS)
+        for name in (
+            "lifecycle",
+            "capability-negotiation",
+            "wire-fields",
+            "request-state-removal",
+            "mrtr-input",
+            "request-headers",
+            "dispatch-and-envelope",
+            "status-notifications",
+            "required-task-error",
+            "mrtr-composition",
+        )
+    ),
+    *(NotApplicable(f"sep-2640-skills-{name}", _SKILLS) for name in ("directory", "enumeration", "manifest")),
+)
+
+
+KNOWN = {*APPLIES, *(rule.scenario for rule in TABLE)}
+
+
+class SetupError(Exception):
+    """Nothing can run: no server, no token, no Node or no suite. The message says what to do."""
+
+
+# The server
+
+
+@dataclass(frozen=True)
+class Server:
+    """The MCP endpoint under test and the bearer token the proxy adds."""
+
+    url: str
+    token: str
+
+    @classmethod
+    def from_environment(cls) -> Server:
+        url = os.environ.get("MCP_URL") or f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/mcp"
+        if urlsplit(url).path in ("", "/"):
+            url = url.rstrip("/") + "/mcp"
+        if urlsplit(url).scheme != "http":
+            raise SetupError(f"MCP_URL {url} is not an http:// URL; the suite tests a local server")
+        token = os.environ.get("MCP_BEARER_TOKEN")
+        if not token:
+            token_file = STATE / "dev-token"
+            if not token_file.exists():
+                raise SetupError(f"no bearer token: set MCP_BEARER_TOKEN, or start `make run` (it writes {token_file})")
+            token = token_file.read_text().strip()
+        return cls(url=url, token=token)
+
+    def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One JSON-RPC request at 2025-11-25; its result, or SetupError when the server cannot be used."""
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+        request = urllib.request.Request(  # noqa: S310 (the scheme is checked in from_environment)
+            self.url,
+            data=body,
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {self.token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+                "MCP-Protocol-Version": LAST_HANDSHAKE_VERSION,
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                text = response.read().decode()
+                if response.headers.get_content_type() == "text/event-stream":  # the answer is its last event
+                    text = [line[5:] for line in text.splitlines() if line.startswith("data:")][-1]
+                answer = json.loads(text)
+        except urllib.error.HTTPError as error:
+            if error.code == 401:
+                raise SetupError(
+                    f"{self.url} refused the bearer token: set MCP_BEARER_TOKEN, or check {STATE / 'dev-token'}"
+                ) from None
+            raise SetupError(f"{self.url} answered {method} with HTTP {error.code}") from None
+        except (urllib.error.URLError, OSError) as error:
+            raise SetupError(
+                f"no MCP server answers at {self.url} ({error}): start one with `make run` in another terminal"
+            ) from None
+        if "error" in answer:
+            raise SetupError(f"{method}: {answer['error'].get('message')}")
+        return answer["result"]
+
+
+def seed_session(server: Server) -> str | None:
+    """A chat session for the run, so that resource scenarios list and read a real one; None if it cannot be made."""
+    try:
+        result = server.call(
+            "tools/call", {"name": "chitty_chat_session_create", "arguments": {"session_name": "conformance run"}}
+        )
+        return None if result.get("isError") else result["structuredContent"]["session_id"]
+    except (SetupError, KeyError, TypeError):
+        return None
+
+
+def remove_session(server: Server, session_id: str) -> None:
+    try:
+        server.call("tools/call", {"name": "chitty_chat_session_delete", "arguments": {"session_id": session_id}})
+    except SetupError as error:
+        print(f"could not delete the session {session_id} this run made: {error}", file=sys.stderr)
+
+
+# The suites
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One installed release of the conformance suite."""
+
+    version: str
+    entry: Path  # its dist/index.js
+    chooses_wire: bool  # 0.2 and later take --spec-version and speak the stateless protocol too
+
+
+def node_modules() -> Path:
+    """Node 22 and the stable suite, as devtools/node.sh installs them."""
+    try:
+        done = subprocess.run(["bash", str(ROOT / "devtools/node.sh")], check=True, stdout=subprocess.PIPE, text=True)
+    except subprocess.CalledProcessError:
+        raise SetupError("devtools/node.sh could not install Node 22 and the suite from npm") from None
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def install_prerelease(node: Path) -> Path:
+    """The 0.2 prerelease beside the stable suite, installed with the same Node; its package folder."""
+    major_minor = ".".join(PRERELEASE.split(".")[:2])
+    prefix = ROOT / ".chitty" / f"conformance-{major_minor}"
+    stamp = prefix / ".installed"
+    wanted = f"{PACKAGE}@{PRERELEASE}"
+    if not stamp.exists() or stamp.read_text().strip() != wanted:
+        prefix.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PATH": f"{node.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        command = ["npm", "install", "--prefix", str(prefix), "--silent", "--no-audit", "--no-fund", wanted]
+        try:
+            subprocess.run(command, check=True, env=env, stdout=sys.stderr)
+        except (OSError, subprocess.CalledProcessError):
+            raise SetupError(f"could not install {wanted} with npm into {prefix}") from None
+        stamp.write_text(wanted + "\n")
+    return prefix / "node_modules" / PACKAGE
+
+
+def suite_at(package: Path) -> Suite:
+    version = json.loads((package / "package.json").read_text())["version"]
+    return Suite(version=version, entry=package / "dist" / "index.js", chooses_wire=not version.startswith("0.1."))
+
+
+def scenarios(node: Path, suite: Suite) -> dict[str, list[str]]:
+    """The suite's server scenarios, each with the protocol versions it lists (or ["extension"])."""
+    try:
+        listing = subprocess.run(
+            [str(node), str(suite.entry), "list", "--server"], check=True, stdout=subprocess.PIPE, text=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise SetupError(f"{PACKAGE} {suite.version} could not list its scenarios") from None
+    found = re.findall(r"^\s*-\s+(\S+)\s+\[([^\]]*)\]", listing, flags=re.MULTILINE)
+    return {name: [version.strip() for version in versions.split(",")] for name, versions in found}
+
+
+# Runs and their outcomes
+
+
+@dataclass(frozen=True)
+class Run:
+    """One scenario of one suite at one protocol version ("extension": the suite's own choice)."""
+
+    suite: Suite
+    scenario: str
+    wire: str
+
+
+@dataclass
+class Outcome:
+    run: Run
+    status: str  # passed, FAILED, n/a
+    note: str = ""
+    output: str = ""
+    warnings: list[str] = field(default_factory=list)
+    excused: list[str] = field(default_factory=list)
+    new: bool = False
+
+
+def rules_for(scenario: str, wire: str) -> list[NotApplicable]:
+    return [rule for rule in TABLE if rule.scenario == scenario and (not rule.wires or wire in rule.wires)]
+
+
+def plan(suite: Suite, listed: dict[str, list[str]], only: set[str]) -> tuple[list[Run], list[Outcome]]:
+    """What to run, and what does not apply (with why), in the suite's own order."""
+    runs: list[Run] = []
+    skipped: list[Outcome] = []
+    for scenario, versions in listed.items():
+        if only and scenario not in only:
+            continue
+        for wire in wires(suite, versions):
+            run = Run(suite, scenario, wire)
+            whole = [rule for rule in rules_for(scenario, wire) if not rule.checks]
+            if wire not in SERVER_VERSIONS and wire != "extension":
+                skipped.append(Outcome(run, "n/a", f"the server does not speak protocol {wire}"))
+            elif whole:
+                skipped.append(Outcome(run, "n/a", whole[0].reason))
+            else:
+                runs.append(run)
+    return runs, skipped
+
+
+def wires(suite: Suite, versions: list[str]) -> list[str]:
+    """The protocol versions to run a scenario at: one per era (handshake, stateless) it lists."""
+    if not suite.chooses_wire:
+        return [LAST_HANDSHAKE_VERSION]  # the 0.1 suite's client always speaks it
+    if "extension" in versions:
+        return ["extension"]
+    handshake = [v for v in versions if v <= LAST_HANDSHAKE_VERSION and v in SERVER_VERSIONS]
+    later = [v for v in versions if v > LAST_HANDSHAKE_VERSION]
+    return ([max(handshake)] if handshake else []) + later
+
+
+def execute(node: Path, proxy_url: str, run: Run) -> Outcome:
+    with tempfile.TemporaryDirectory(prefix="conformance-") as results:
+        command = [str(node), str(run.suite.entry), "server", "--url", proxy_url, "--scenario", run.scenario]
+        command += ["--output-dir", results]
+        if run.suite.chooses_wire and run.wire != "extension":
+            command += ["--spec-version", run.wire]
+        try:
+            done = subprocess.run(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT_S
+            )
+        except subprocess.TimeoutExpired as expired:
+            partial = expired.stdout or b""
+            output = _plain(partial.decode(errors="replace") if isinstance(partial, bytes) else partial)
+            return Outcome(run, "FAILED", f"no result within {RUN_TIMEOUT_S} s", output)
+        output = _plain(done.stdout)
+        written = sorted(Path(results).glob("*/checks.json"))
+        checks = json.loads(written[0].read_text()) if written else None
+    skipped_line = re.search(r"^SKIPPED: .*$", output, flags=re.MULTILINE)
+    if checks is None and skipped_line:
+        return Outcome(run, "n/a", skipped_line.group(0), output)
+    if checks is None:
+        return Outcome(run, "FAILED", f"the suite wrote no results (exit status {done.returncode})", output)
+    return judge(run, checks, output)
+
+
+def judge(run: Run, checks: list[dict[str, Any]], output: str) -> Outcome:
+    """Passed unless a check failed that the table does not excuse."""
+    excusable = {check: rule.reason for rule in rules_for(run.scenario, run.wire) for check in rule.checks}
+    outcome = Outcome(run, "passed", output=output, new=run.scenario not in KNOWN)
+    failed: list[str] = []  # the ids of the checks that count against the server
+    for check in checks:
+        message = check.get("errorMessage") or ""
+        if check["status"] == "FAILURE":
+            if check["id"] in excusable and message.startswith("Not testable"):
+                outcome.excused.append(f"{check['id']}: {excusable[check['id']]}")
+            else:
+                failed.append(check["id"])
+        elif check["status"] == "WARNING":
+            outcome.warnings.append(f"{check['id']}: {message or check.get('description', '')}")
+    counted = sum(check["status"] in ("SUCCESS", "FAILURE") for check in checks) - len(outcome.excused)
+    if failed:
+        outcome.status = "FAILED"
+        outcome.note = f"{len(failed)} of {counted} checks failed"
+    else:
+        outcome.note = f"{counted} check{'' if counted == 1 else 's'}"
+    return outcome
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def trimmed(output: str, limit: int = 40) -> str:
+    """The suite's own words about what failed: failing and warning checks, the totals and the errors."""
+    keep = [
+        line
+        for line in output.splitlines()
+        if re.search(r"\] (FAILURE|WARNING) |^Passed: |^  - |^    Error: |^SKIPPED: ", line)
+    ]
+    if len(keep) > limit:
+        keep = [*keep[:limit], f"... ({len(keep) - limit} more lines)"]
+    return "\n".join(keep)
+
+
+# Reporting
+
+
+def report(suite: Suite, outcomes: list[Outcome], verbose: bool) -> None:
+    """The suite's table (a scenario that does not apply at several versions for one reason takes one row),
+    then the checks that do not apply, the warnings, and the suite's own output for every failure."""
+    rows: list[tuple[str, str, list[str], str]] = []
+    for outcome in outcomes:
+        note = outcome.note
+        if outcome.warnings:
+            note += f", {len(outcome.warnings)} warning{'s' if len(outcome.warnings) > 1 else ''}"
+        if outcome.excused:
+            note += f", {len(outcome.excused)} not applicable"
+        if outcome.new:
+            note += " (new: not in the table, so it ran)"
+        last = rows[-1] if rows else None
+        if (
+            last
+            and outcome.status == "n/a"
+            and last[0] == "n/a"
+            and last[1] == outcome.run.scenario
+            and last[3] == note
+        ):
+            last[2].append(outcome.run.wire)
+        else:
+            rows.append((outcome.status, outcome.run.scenario, [outcome.run.wire], note))
+    print(f"\n{PACKAGE} {suite.version}")
+    name_width = max((len(row[1]) for row in rows), default=0)
+    wire_width = max((len(",".join(row[2])) for row in rows), default=0)
+    for status, scenario, wires_, note in rows:
+        print(f"  {status:<7} {scenario:<{name_width}}  {','.join(wires_):<{wire_width}}  {note}")
+    for outcome in outcomes:
+        for line in outcome.excused:
+            print(f"    {_label(outcome.run)}: not applicable: {line}")
+        for line in outcome.warnings:
+            print(f"    {_label(outcome.run)}: warning: {line}")
+    for outcome in outcomes:
+        if outcome.status == "FAILED" or (verbose and outcome.output):
+            print(f"\n  --- {_label(outcome.run)} ({outcome.status}), the suite's output:")
+            text = outcome.output if verbose else trimmed(outcome.output)
+            print("\n".join("    " + line for line in text.splitlines()))
+
+
+def _label(run: Run) -> str:
+    return f"{run.scenario} @{run.wire}"
+
+
+class Proxy:
+    """devtools/auth-proxy.mjs on a free port, in front of the server, for as long as the block runs."""
+
+    def __init__(self, node: Path, server: Server) -> None:
+        self.node = node
+        self.server = server
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> Proxy:
+        self.process = subprocess.Popen(
+            [str(self.node), str(ROOT / "devtools/auth-proxy.mjs"), "0", self.server.url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "MCP_BEARER_TOKEN": self.server.token},
+        )
+        assert self.process.stdout is not None
+        ready = self.process.stdout.readline()
+        if not ready.startswith("listening "):
+            self.__exit__()
+            raise SetupError("devtools/auth-proxy.mjs did not start")
+        self.url = f"http://localhost:{ready.split()[1]}/mcp"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.conformance", description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", nargs="*", help="run only these scenarios (default: all)")
+    parser.add_argument("--verbose", action="store_true", help="print the suite's whole output for every run")
+    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        failed = run_all(set(args.scenario), args.verbose)
+    except SetupError as error:
+        print(f"make conformance: {error}", file=sys.stderr)
+        return 2
+    print("\nconformance: " + ("FAILED (see above)" if failed else "every scenario that applies passed"))
+    return 1 if failed else 0
+
+
+def run_all(only: set[str], verbose: bool) -> bool:
+    """Run both suites and print their tables; True if a scenario that applies failed."""
+    server = Server.from_environment()
+    server.call("ping", {})
+    modules = node_modules()
+    node = modules / ".node-platform" / "bin" / "node"
+    suites = [suite_at(modules / PACKAGE), suite_at(install_prerelease(node))]
+    listings = {suite: scenarios(node, suite) for suite in suites}
+    unknown = only - {name for listed in listings.values() for name in listed}
+    if unknown:
+        raise SetupError(f"no suite has a scenario named {', '.join(sorted(unknown))}")
+    print(f"Server: {server.url}, through devtools/auth-proxy.mjs")
+    session = seed_session(server)
+    if session is None:
+        print("(could not create a chat session for the run: resources/read goes untested)")
+    failed = False
+    try:
+        with Proxy(node, server) as proxy, ThreadPoolExecutor(PARALLEL_RUNS) as pool:
+            for suite in suites:
+                runs, skipped = plan(suite, listings[suite], only)
+                ran = list(pool.map(lambda run: execute(node, proxy.url, run), runs))
+                order = {name: index for index, name in enumerate(listings[suite])}
+                outcomes = sorted(ran + skipped, key=lambda o: (o.status == "n/a", order[o.run.scenario], o.run.wire))
+                report(suite, outcomes, verbose)
+                failed = failed or any(outcome.status == "FAILED" for outcome in outcomes)
+    finally:
+        if session is not None:
+            remove_session(server, session)
+    stale = sorted(KNOWN - {name for listed in listings.values() for name in listed})
+    if stale and not only:
+        print(f"\nThe table names scenarios no suite lists any more: {', '.join(stale)}")
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
