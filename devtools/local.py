@@ -155,7 +155,8 @@ def _stop_on_signals() -> None:
     def stop(signum: int, _: FrameType | None) -> None:
         raise _Stop(signal.Signals(signum).name)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a shell starts background jobs with it ignored, which Python would otherwise keep.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
 
 

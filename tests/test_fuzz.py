@@ -146,6 +146,13 @@ def check(answer: dict[str, Any]) -> None:
     else:
         assert content_type == "application/json", answer
         message = json.loads(body)
+    # A batch (accepted under 2025-03-26) is answered with an array of such messages.
+    for one in message if isinstance(message, list) else [message]:
+        check_message(one)
+
+
+def check_message(message: dict[str, Any]) -> None:
+    """A JSON-RPC response: an error with a code and a message, or a result object."""
     assert message["jsonrpc"] == "2.0"
     if "error" in message:
         assert isinstance(message["error"]["code"], int)

@@ -298,6 +298,8 @@ class McpServer:
             raise JsonRpcError(INVALID_REQUEST, "Invalid Request: an empty batch", http_status=400)
         if parsed.non_finite:
             raise _not_json_numbers()
+        # The caller first: one with a dead token learns nothing about the messages of its batch.
+        self._principal(authorization, log)
         replies: list[dict[str, Any]] = []
         for item in parsed.value:
             item_log: dict[str, Any] = {}
@@ -321,7 +323,6 @@ class McpServer:
                 replies.append(reply)
         log["rpc_method"] = f"(batch of {len(parsed.value)})"
         if not replies:
-            self._principal(authorization, log)
             return HttpResponse(status=202)
         return json_response(200, replies)
 
