@@ -57,7 +57,7 @@ def _debug_enabled(raw: str) -> bool:
 # Storage quotas of users without their own, chosen so that no user stores more than 100 MB
 # (README: Limits has the arithmetic). Spend and rate limits have no default.
 DEFAULT_QUOTAS: dict[str, int] = {
-    "sessions": 100,
+    "sessions": 50,
     "messages_per_session": 500,
     "bytes_per_session": 512 * 1024,
     "metadata_bytes_per_session": 16 * 1024,
