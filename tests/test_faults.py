@@ -17,6 +17,7 @@ from chalicelib import migrate
 from chalicelib.db import connection
 from devtools import embedded
 from devtools.fake_openai import Reset, rate_limited, server_error
+from tests.books import assert_books_balance
 from tests.clients import post
 from tests.conftest import server_env, start_server
 
@@ -29,6 +30,9 @@ def own_database(admin_database_url):
     with connection(url) as conn:
         migrate.apply(conn)
     yield name, url
+    # After the database went away mid-request and for a while: the books still balance.
+    with connection(url) as conn:
+        assert_books_balance(conn)
     embedded.drop_database(admin_database_url, name)
 
 

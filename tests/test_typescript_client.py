@@ -196,3 +196,15 @@ def test_progress_resources_and_prompts_reach_a_typescript_client(server, fake_o
     assert "Illinois" in results[7]["ok"]["messages"][0]["content"]["text"]
     if sdk == "v1":  # ping belongs to the handshake era; 2026-07-28 has no ping
         assert "ok" in results[8]
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+def test_every_tool_refuses_arguments_it_does_not_take_with_a_readable_error(server, alice, sdk):
+    listed = run_plan(sdk, server.mcp_url, alice.token, [{"op": "listTools"}])["results"][0]["ok"]["tools"]
+    steps = [{"op": "listTools"}] + [tool_step(tool["name"], {"no_such_argument": 1}) for tool in listed]
+    answer = run_plan(sdk, server.mcp_url, alice.token, steps)
+
+    for step, result in zip(steps[1:], answer["results"][1:], strict=True):
+        assert "ok" in result, (step, result)
+        assert result["ok"]["isError"] is True, step
+        assert text_of(result["ok"]).startswith(f"Invalid arguments for {step['name']}"), text_of(result["ok"])
