@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,19 +38,25 @@ def admin_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return embedded.start(tmp_path_factory.mktemp("postgres") / "data", delete_on_exit=True)
 
 
-@pytest.fixture(scope="session")
-def database_url(admin_database_url: str) -> Iterator[str]:
-    """A fresh database for this test run, migrated, dropped at the end."""
-    name = f"chitty_test_{os.getpid()}"
-    embedded.drop_database(admin_database_url, name)
-    url = embedded.with_database(admin_database_url, name)
+@contextmanager
+def migrated_database(admin_url: str, name: str) -> Iterator[str]:
+    """A migrated database of its own, dropped at the end. After every test that used it, concurrency and
+    fault tests included, its books must balance."""
+    embedded.drop_database(admin_url, name)
+    url = embedded.with_database(admin_url, name)
     with connection(url) as conn:
         migrate.apply(conn)
     yield url
-    # After every test of the run, concurrency and fault tests included: the books balance.
     with connection(url) as conn:
         assert_books_balance(conn)
-    embedded.drop_database(admin_database_url, name)
+    embedded.drop_database(admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_database_url: str) -> Iterator[str]:
+    """The database of this test run."""
+    with migrated_database(admin_database_url, f"chitty_test_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture

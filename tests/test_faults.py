@@ -13,27 +13,18 @@ from contextlib import contextmanager
 import httpx2
 import pytest
 
-from chalicelib import migrate
 from chalicelib.db import connection
-from devtools import embedded
 from devtools.fake_openai import Reset, rate_limited, server_error
-from tests.books import assert_books_balance
 from tests.clients import post
-from tests.conftest import server_env, start_server
+from tests.conftest import migrated_database, server_env, start_server
 
 
 @pytest.fixture(scope="module")
 def own_database(admin_database_url):
     """A database this module may take offline without disturbing other tests."""
     name = f"chitty_faults_{uuid.uuid4().hex[:8]}"
-    url = embedded.with_database(admin_database_url, name)
-    with connection(url) as conn:
-        migrate.apply(conn)
-    yield name, url
-    # After the database went away mid-request and for a while: the books still balance.
-    with connection(url) as conn:
-        assert_books_balance(conn)
-    embedded.drop_database(admin_database_url, name)
+    with migrated_database(admin_database_url, name) as url:
+        yield name, url
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,13 @@ from typing import Any
 
 import pytest
 
-from chalicelib import auth, migrate
+from chalicelib import auth
 from chalicelib.db import connection
 from chalicelib.upstream import estimate_tokens
-from devtools import embedded
 from devtools.fake_openai import EndStream, FakeOpenAI, Reply, StreamError, make_usage
 from tests.books import assert_books_balance
 from tests.clients import error_details, post
-from tests.conftest import Server, User, server_env, start_server
+from tests.conftest import Server, User, migrated_database, server_env, start_server
 
 BUDGET = Decimal("0.003")
 
@@ -281,14 +280,8 @@ def test_the_reservation_is_computed_from_the_messages_that_are_sent(server, fak
 @pytest.fixture(scope="module")
 def books_database(admin_database_url: str) -> Iterator[str]:
     """A database of this module's own, which its tests may lock and constrain."""
-    name = f"chitty_books_{uuid.uuid4().hex[:8]}"
-    url = embedded.with_database(admin_database_url, name)
-    with connection(url) as conn:
-        migrate.apply(conn)
-    yield url
-    with connection(url) as conn:
-        assert_books_balance(conn)
-    embedded.drop_database(admin_database_url, name)
+    with migrated_database(admin_database_url, f"chitty_books_{uuid.uuid4().hex[:8]}") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,16 @@ from tests.clients import run_cli
 from tests.conftest import ENCRYPTION_KEY, start_server
 
 
-@pytest.fixture
-def fresh_database_url(admin_database_url: str) -> Iterator[str]:
+def empty_database(admin_database_url: str) -> Iterator[str]:
     """An empty database of its own, dropped after the test."""
     name = f"chitty_migrations_{uuid.uuid4().hex[:12]}"
     url = embedded.with_database(admin_database_url, name)
     yield url
     embedded.drop_database(admin_database_url, name)
+
+
+fresh_database_url = pytest.fixture(empty_database, name="fresh_database_url")
+second_database_url = pytest.fixture(empty_database, name="second_database_url")
 
 
 @pytest.fixture
@@ -46,15 +49,6 @@ def definitions_copy(tmp_path: Path) -> Path:
     directory = tmp_path / "definitions"
     shutil.copytree(migrate.DEFINITIONS_DIR, directory)
     return directory
-
-
-@pytest.fixture
-def second_database_url(admin_database_url: str) -> Iterator[str]:
-    """Another empty database of its own, dropped after the test."""
-    name = f"chitty_migrations_{uuid.uuid4().hex[:12]}"
-    url = embedded.with_database(admin_database_url, name)
-    yield url
-    embedded.drop_database(admin_database_url, name)
 
 
 def recorded(conn: pg8000.native.Connection) -> list[tuple[int, str, str]]:
