@@ -6,7 +6,10 @@ app invoked in process with an API Gateway proxy event, warm, exactly as Lambda 
 authenticates, prepares, calls upstream, records the turn and its cost, and logs a line.
 A second, instrumented pass over one-off calls shows where the gateway's time goes: its two
 database round trips, its upstream call, and everything else it does.
-Usage: python -m bench.gateway [--calls 2000] [--delay-ms 5] [--http-calls 300] [--breakdown-calls 500]
+Both wire formats: `--api chat` (Chat Completions, what OpenAI-compatible endpoints speak) and
+`--api responses` (OpenAI's Responses API), the direct call being the SDK's matching method.
+Usage: python -m bench.gateway [--api chat|responses] [--calls 2000] [--delay-ms 5] [--http-calls 300]
+       [--breakdown-calls 500]
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ SERVER_KEY = "sk-bench-" + "k" * 32
 MESSAGES = [{"role": "user", "content": "Summarise the indemnity clause in two sentences."}]
 
 
-def _configure(url: str, base_url: str) -> dict[str, str]:
+def _configure(url: str, base_url: str, api: str) -> dict[str, str]:
     env = {
+        "CHITTY_UPSTREAM_API": api,
         "CHITTY_DATABASE_URL": url,
         "OPENAI_BASE_URL": base_url,
         "OPENAI_API_KEY": SERVER_KEY,
@@ -65,6 +69,14 @@ def quiet() -> Iterator[None]:
             for handler, stream in zip(handlers, streams, strict=True):
                 if stream is not None:
                     handler.setStream(stream)
+
+
+def _direct(client: Any, messages: list[dict[str, str]]) -> None:
+    """The same request straight through the SDK, in the wire format the gateway speaks."""
+    if os.environ["CHITTY_UPSTREAM_API"] == "responses":
+        client.responses.create(model="gpt-4o-mini", input=messages, store=False)
+    else:
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages)
 
 
 def _stats(samples: list[float]) -> dict[str, float]:
@@ -104,7 +116,7 @@ def measure_in_process(token: str, calls: int, session_id: str | None) -> tuple[
     for index in range(calls + 50):
         event = proxy_event("POST", "/mcp", headers, body)
         started = time.perf_counter()
-        direct.chat.completions.create(model="gpt-4o-mini", messages=payload)
+        _direct(direct, payload)
         middle = time.perf_counter()
         answer = app.app(event, context)
         ended = time.perf_counter()
@@ -147,14 +159,14 @@ def measure_breakdown(token: str, calls: int) -> dict[str, list[float]]:
             "params": {"name": "chatgpt_complete", "arguments": {"messages": MESSAGES, "model": "gpt-4o-mini"}},
         }
     )
-    parts: dict[str, list[float]] = {"direct": [], "database": [], "upstream": [], "rest": []}
+    parts: dict[str, list[float]] = {"direct": [], "database": [], "upstream": [], "rest": [], "in_process": []}
     for part, (owner, name, function) in originals.items():
         setattr(owner, name, timed(part, function))
     try:
         for index in range(calls + 20):
             event = proxy_event("POST", "/mcp", headers, body)
             started = time.perf_counter()
-            direct.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+            _direct(direct, MESSAGES)
             middle = time.perf_counter()
             spent.update(database=0.0, upstream=0.0)
             app.app(event, LambdaContext())
@@ -164,6 +176,7 @@ def measure_breakdown(token: str, calls: int) -> dict[str, list[float]]:
                 parts["database"].append(spent["database"])
                 parts["upstream"].append(spent["upstream"])
                 parts["rest"].append(total - spent["database"] - spent["upstream"])
+                parts["in_process"].append(total - spent["database"] - parts["direct"][-1])
     finally:
         for owner, name, function in originals.values():
             setattr(owner, name, function)
@@ -202,7 +215,7 @@ def measure_http(env: dict[str, str], token: str, calls: int) -> tuple[list[floa
         http_ms: list[float] = []
         for index in range(calls + 20):
             started = time.perf_counter()
-            direct.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+            _direct(direct, MESSAGES)
             middle = time.perf_counter()
             response = client.post(f"http://127.0.0.1:{port}/mcp", json=body, headers=headers)
             ended = time.perf_counter()
@@ -252,6 +265,7 @@ def _session(token: str) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--api", choices=["chat", "responses"], default="chat", help="the wire format spoken upstream")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--delay-ms", type=float, default=5.0, help="the fake upstream's fixed latency")
     parser.add_argument("--http-calls", type=int, default=300)
@@ -261,7 +275,7 @@ def main(argv: list[str] | None = None) -> str:
     token = user_with_token(url)
     rows = []
     with upstream_process(args.delay_ms / 1000) as base_url:
-        env = _configure(url, base_url)
+        env = _configure(url, base_url, args.api)
         with quiet():
             measured = {
                 "in process, one-off": measure_in_process(token, args.calls, None),
@@ -290,13 +304,17 @@ def main(argv: list[str] | None = None) -> str:
         "gateway = auth + prepare_completion + upstream + record_completion + cost trigger + log line",
         "in a session, 50 messages of history go upstream each call; the direct call sends the same payload",
     ]
-    report = table("Gateway overhead (chatgpt_complete vs the openai SDK directly)", header, rows, notes)
+    names = {"chat": "Chat Completions", "responses": "the Responses API"}
+    report = table(
+        f"Gateway overhead over {names[args.api]} (chatgpt_complete vs the openai SDK directly)", header, rows, notes
+    )
     if breakdown:
         medians = {part: statistics.median(samples) for part, samples in breakdown.items()}
         shares = [
             ["two database round trips (prepare_completion, record_completion)", f"{medians['database']:.2f}"],
             ["protocol, validation, the tool's own code, the log line with its metrics", f"{medians['rest']:.2f}"],
             ["the gateway's upstream call, less the SDK's create", f"{medians['upstream'] - medians['direct']:+.2f}"],
+            ["in-process overhead: everything but the two database round trips", f"{medians['in_process']:+.2f}"],
         ]
         report += "\n" + table(
             "Where a one-off call's overhead goes (medians per call)",

@@ -7,15 +7,17 @@ so scripts can take them with `tail -n 1`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 from pg8000.exceptions import DatabaseError
 
-from chalicelib import auth, migrate, upkeep
+from chalicelib import auth, migrate, pricing, upkeep
 from chalicelib.config import ConfigError, get_settings
 from chalicelib.crypto import EncryptionKeyError, SealBroken, Sealed, Sealer, parse_key
 from chalicelib.db import (
@@ -27,6 +29,7 @@ from chalicelib.db import (
     error_message,
     load_queries,
 )
+from chalicelib.pricing import usd
 
 # Admin commands may run long (a first migration, a full rollup): a generous socket timeout.
 CLI_DB_TIMEOUT = 300.0
@@ -51,7 +54,13 @@ def cmd_migrate(_: argparse.Namespace) -> int:
         conn.close()
     if applied.file_names:
         for file_name in applied.file_names:
-            print(f"applied {file_name}")
+            report = applied.imports.get(file_name)
+            counts = (
+                f": {len(report.added)} added, {len(report.changed)} changed, {report.unchanged} unchanged"
+                if report
+                else ""
+            )
+            print(f"applied {file_name}{counts}")
     else:
         print("database is up to date")
     return 0
@@ -106,17 +115,6 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _usd(price: Decimal | None) -> str:
-    """A stored price as it is, without the padding zeros of its column: 2.50, 0.075, 0.000125; '-' for none."""
-    if price is None:
-        return "-"
-    text = f"{price:f}"
-    if "." in text:
-        whole, _, fraction = text.partition(".")
-        text = f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
-    return text
-
-
 def _price(text: str) -> Decimal:
     """An argparse type: a finite, non-negative price in USD per million tokens."""
     try:
@@ -128,13 +126,48 @@ def _price(text: str) -> Decimal:
     return price
 
 
-def cmd_pricing_list(_: argparse.Namespace) -> int:
-    print(f"{'model':<24} {'input':>10} {'cached':>10} {'output':>10}  effective from  (USD per 1M tokens)")
-    for row in _database().all("list_pricing"):
-        print(
-            f"{row['model']:<24} {_usd(row['input_per_mtok']):>10} {_usd(row['cached_input_per_mtok']):>10}"
-            f" {_usd(row['output_per_mtok']):>10}  {row['effective_from']:%Y-%m-%d %H:%M}"
+def _rates_text(rates: dict[str, Any]) -> str:
+    """input, cached input, cache write (when it differs from input) and output of one set of rates."""
+    text = f"input {usd(rates['input_per_mtok'])}, cached {usd(rates['cached_input_per_mtok'])}"
+    if rates["cache_write_per_mtok"] != rates["input_per_mtok"]:
+        text += f", cache write {usd(rates['cache_write_per_mtok'])}"
+    return f"{text}, output {usd(rates['output_per_mtok'])}"
+
+
+def _rate_lines(rates: dict[str, Any]) -> list[str]:
+    """The rates of a price row beyond the default tier's, one indented line each."""
+    lines = []
+    long_context = rates["long_context"]
+    if long_context:
+        lines.append(f"  above {long_context['above_tokens']} prompt tokens: {_rates_text(long_context)}")
+    for tier, tier_rates in sorted(rates["tiers"].items()):
+        line = f"  {tier}: {_rates_text(tier_rates)}"
+        if tier_rates["long_context"]:
+            line += f"; above {long_context['above_tokens']}: {_rates_text(tier_rates['long_context'])}"
+        lines.append(line)
+    search = rates["web_search_per_call"]
+    if search:
+        lines.append(
+            f"  web search per call: low {usd(search['low'])}, medium {usd(search['medium'])}, "
+            f"high {usd(search['high'])} (USD)"
         )
+    return lines
+
+
+def cmd_pricing_list(_: argparse.Namespace) -> int:
+    print(
+        f"{'model':<28} {'input':>10} {'cached':>10} {'output':>10} {'write':>10}  effective from"
+        "    (USD per 1M tokens; other tiers below)"
+    )
+    for row in _database().all("list_pricing"):
+        rates = json.loads(row["rates"], parse_float=Decimal)
+        print(
+            f"{row['model']:<28} {usd(row['input_per_mtok']):>10} {usd(row['cached_input_per_mtok']):>10}"
+            f" {usd(row['output_per_mtok']):>10} {usd(row['cache_write_per_mtok']):>10}"
+            f"  {row['effective_from']:%Y-%m-%d %H:%M}"
+        )
+        for line in _rate_lines(rates):
+            print(line)
     return 0
 
 
@@ -149,9 +182,51 @@ def cmd_pricing_set(args: argparse.Namespace) -> int:
     )
     assert row is not None
     print(
-        f"{row['model']}: input {_usd(row['input_per_mtok'])}, cached input {_usd(row['cached_input_per_mtok'])}, "
-        f"output {_usd(row['output_per_mtok'])} USD per 1M tokens from {row['effective_from'].isoformat()}"
+        f"{row['model']}: input {usd(row['input_per_mtok'])}, cached input {usd(row['cached_input_per_mtok'])}, "
+        f"output {usd(row['output_per_mtok'])} USD per 1M tokens from {row['effective_from'].isoformat()}"
     )
+    return 0
+
+
+def cmd_pricing_import(args: argparse.Namespace) -> int:
+    models = pricing.load(args.source)
+    row = _database().one(
+        "import_model_catalogue",
+        models=json.dumps(models),
+        effective_from=args.effective_from,
+        first_from=pricing.FIRST_PRICED_FROM,
+    )
+    assert row is not None
+    for line in pricing.ImportReport.from_json(row["report"]).lines():
+        print(line)
+    return 0
+
+
+def cmd_pricing_alias(args: argparse.Namespace) -> int:
+    if args.remove:
+        if args.model is not None:
+            print("error: give either MODEL or --remove, not both", file=sys.stderr)
+            return 2
+        row = _database().one("remove_model_alias", alias_name=args.name)
+        if row is None:
+            print(f"error: no alias {args.name!r}; see `pricing aliases`", file=sys.stderr)
+            return 1
+        print(f"removed alias {row['name']} (was {row['model']})")
+        return 0
+    if args.model is None:
+        print("error: give the MODEL the name stands for, or --remove", file=sys.stderr)
+        return 2
+    row = _database().one("set_model_alias", alias_name=args.name, model=args.model)
+    if row is None:
+        print(f"error: no model {args.model!r} has a price or a catalogue entry; see `pricing list`", file=sys.stderr)
+        return 1
+    print(f"alias {row['name']} -> {row['model']}: replies under {row['name']} are priced and described as it")
+    return 0
+
+
+def cmd_pricing_aliases(_: argparse.Namespace) -> int:
+    for row in _database().all("list_model_aliases"):
+        print(f"{row['name']} -> {row['model']}")
     return 0
 
 
@@ -226,15 +301,31 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("token_id")
     revoke.set_defaults(run=cmd_token_revoke)
 
-    pricing = commands.add_parser("pricing", help="model prices").add_subparsers(dest="action", required=True)
-    pricing.add_parser("list", help="prices in force now").set_defaults(run=cmd_pricing_list)
-    price = pricing.add_parser("set", help="set a model's price (USD per million tokens) from a date on")
+    prices = commands.add_parser("pricing", help="model prices").add_subparsers(dest="action", required=True)
+    prices.add_parser("list", help="prices in force now").set_defaults(run=cmd_pricing_list)
+    price = prices.add_parser("set", help="set a model's price (USD per million tokens) from a date on")
     price.add_argument("model")
     price.add_argument("--input", type=_price, required=True)
     price.add_argument("--cached-input", type=_price, help="default: cached prompt tokens bill as input")
     price.add_argument("--output", type=_price, required=True)
     price.add_argument("--effective-from", help="ISO date or time (default: now); earlier rows keep their history")
     price.set_defaults(run=cmd_pricing_set)
+    imported = prices.add_parser(
+        "import", help="import OpenAI's models and prices from LiteLLM's price table (a file or an https URL)"
+    )
+    imported.add_argument("source", metavar="PATH_OR_URL")
+    imported.add_argument(
+        "--effective-from",
+        help="ISO date or time changed prices apply from (default: now); a model priced for the first time is "
+        f"priced from {pricing.FIRST_PRICED_FROM[:10]}",
+    )
+    imported.set_defaults(run=cmd_pricing_import)
+    alias = prices.add_parser("alias", help="name an upstream's own model name as a known model, or --remove it")
+    alias.add_argument("name")
+    alias.add_argument("model", nargs="?")
+    alias.add_argument("--remove", action="store_true", help="remove the alias NAME")
+    alias.set_defaults(run=cmd_pricing_alias)
+    prices.add_parser("aliases", help="list the model aliases").set_defaults(run=cmd_pricing_aliases)
 
     keys = commands.add_parser("keys", help="stored API keys").add_subparsers(dest="action", required=True)
     reencrypt = keys.add_parser(
@@ -263,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         EncryptionKeyError,
         SealBroken,
         migrate.MigrationError,
+        pricing.CatalogueError,
     ) as error:
         detail = getattr(error, "detail", "")
         print(f"error: {error}" + (f" ({detail})" if detail else ""), file=sys.stderr)

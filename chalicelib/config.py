@@ -20,7 +20,10 @@ SECRET_SETTINGS = (
     "CHITTY_DATABASE_URL",
     "CHITTY_MIGRATION_DATABASE_URL",
     "CHITTY_ENCRYPTION_KEY",
+    "CHITTY_SAFETY_SECRET",
 )
+# OpenAI's own API: where the Responses API and its retirement schedule apply.
+OPENAI_HOSTS = ("api.openai.com",)
 
 
 class ConfigError(RuntimeError):
@@ -133,12 +136,15 @@ class Settings:
     tracing: bool
     metrics: bool
     default_model: str
+    pricing_url: str | None
     history_messages: int
     upstream_timeout: float
     upstream_attempt_timeout: float
     upstream_attempts: int
     limited_max_tokens: int
+    limited_max_tokens_reasoning: int
     default_limits: dict[str, float]
+    upstream_api: str
 
     def secret(self, name: str) -> str | None:
         """A secret setting: its environment variable when set, else the secret CHITTY_SECRET_ID names."""
@@ -163,6 +169,13 @@ class Settings:
         return self.secret("CHITTY_ENCRYPTION_KEY")
 
     @property
+    def official_openai(self) -> bool:
+        """Whether the upstream is OpenAI's own API (OPENAI_BASE_URL unset or on api.openai.com)."""
+        from urllib.parse import urlsplit
+
+        return self.openai_base_url is None or urlsplit(self.openai_base_url).hostname in OPENAI_HOSTS
+
+    @property
     def migration_database_url(self) -> str | None:
         """CHITTY_MIGRATION_DATABASE_URL, else CHITTY_DATABASE_URL (secret settings).
 
@@ -178,6 +191,18 @@ class Settings:
                 "or use `make run`, which starts a local database."
             )
         return self.database_url
+
+
+def _upstream_api(choice: str, base_url: str | None) -> str:
+    """CHITTY_UPSTREAM_API: responses, chat, or auto (responses on OpenAI's own API, chat elsewhere)."""
+    from urllib.parse import urlsplit
+
+    choice = choice.strip().lower() or "auto"
+    if choice not in ("auto", "responses", "chat"):
+        raise ConfigError(f"CHITTY_UPSTREAM_API is {choice!r}; use auto, responses or chat.")
+    if choice != "auto":
+        return choice
+    return "responses" if not base_url or urlsplit(base_url).hostname in OPENAI_HOSTS else "chat"
 
 
 @functools.lru_cache(maxsize=1)
@@ -199,14 +224,19 @@ def get_settings() -> Settings:
         tracing=_flag("CHITTY_TRACING", False),
         # Powertools' own switch, as the dev stage sets it: no EMF when nothing would collect it.
         metrics=not _flag("POWERTOOLS_METRICS_DISABLED", False),
-        default_model=os.environ.get("CHITTY_DEFAULT_MODEL", "gpt-4o-mini"),
+        default_model=os.environ.get("CHITTY_DEFAULT_MODEL", "gpt-5.4-mini"),
+        # LiteLLM's price table (or a copy of it): the daily upkeep imports OpenAI's models and prices from it.
+        pricing_url=os.environ.get("CHITTY_PRICING_URL") or None,
         history_messages=int(os.environ.get("CHITTY_HISTORY_MESSAGES", "50")),
         # Below API Gateway's 29 s, with room for the two database round trips.
         upstream_timeout=float(os.environ.get("CHITTY_UPSTREAM_TIMEOUT", "24")),
         upstream_attempts=int(os.environ.get("CHITTY_UPSTREAM_ATTEMPTS", "3")),
         # Calls under a budget or token limit without max_tokens are capped, so their worst case is bounded.
         limited_max_tokens=int(os.environ.get("CHITTY_LIMITED_MAX_TOKENS", "4096")),
+        # A reasoning model spends output tokens thinking before it writes: its cap leaves room for both.
+        limited_max_tokens_reasoning=int(os.environ.get("CHITTY_LIMITED_MAX_TOKENS_REASONING", "32768")),
         default_limits=_default_limits(),
+        upstream_api=_upstream_api(os.environ.get("CHITTY_UPSTREAM_API", "auto"), os.environ.get("OPENAI_BASE_URL")),
         # One attempt may use the whole budget unless told otherwise: a slow answer is still an answer.
         upstream_attempt_timeout=float(
             os.environ.get("CHITTY_UPSTREAM_ATTEMPT_TIMEOUT") or os.environ.get("CHITTY_UPSTREAM_TIMEOUT", "24")

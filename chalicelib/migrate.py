@@ -6,14 +6,18 @@ Two kinds of SQL file, as Flyway has versioned and repeatable migrations:
 - sql/definitions/<area>.sql: the current definition of every function, trigger and view, each
   defined once (CREATE OR REPLACE). After the migrations, every file whose checksum differs
   from the one recorded is applied again, all of them in one transaction.
-Both are recorded with the SHA-256 of the file as applied, and a session-level advisory lock
-serialises concurrent runs.
+Then the model catalogues the product ships (sql/catalogue/*.json, LiteLLM's price table trimmed
+to OpenAI's text models) are imported when they changed, each in its own transaction: new prices
+apply from now, a model priced for the first time from FIRST_PRICED_FROM.
+All are recorded with the SHA-256 of the file as applied (catalogues in schema_definitions as
+catalogue/<file>), and a session-level advisory lock serialises concurrent runs.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +25,15 @@ from pathlib import Path
 import pg8000.native
 from pg8000.exceptions import DatabaseError
 
+from chalicelib import pricing
 from chalicelib.db import SQL_DIR, error_message
 
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 DEFINITIONS_DIR = SQL_DIR / "definitions"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _DEFINITION_NAME = re.compile(r"^[a-z0-9_]+\.sql$")
+# How a catalogue is named in schema_definitions, apart from the definition files (area.sql).
+_CATALOGUE_PREFIX = "catalogue/"
 # Any constant shared by every runner: pg_advisory_lock serialises concurrent `migrate` runs.
 _LOCK_KEY = 0x43484954
 
@@ -67,17 +74,41 @@ class Definition(_SqlFile):
         return f"definitions/{self.name}"
 
 
+@dataclass(frozen=True)
+class Catalogue:
+    """One file of sql/catalogue: model prices and capabilities in LiteLLM's format."""
+
+    name: str
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        """The SHA-256 of the file, as recorded when it is imported."""
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    @property
+    def file_name(self) -> str:
+        return f"{_CATALOGUE_PREFIX}{self.name}"
+
+
 @dataclass
 class Applied:
-    """What one `migrate` run applied."""
+    """What one `migrate` run applied, and what each catalogue import reported (by file name)."""
 
     migrations: list[Migration] = field(default_factory=list)
     definitions: list[Definition] = field(default_factory=list)
+    catalogues: list[Catalogue] = field(default_factory=list)
+    imports: dict[str, pricing.ImportReport] = field(default_factory=dict)
 
     @property
     def file_names(self) -> list[str]:
-        """Migrations by file name (001_foundation.sql), then definitions (definitions/chat.sql)."""
-        return [m.file_name for m in self.migrations] + [d.file_name for d in self.definitions]
+        """Migrations by file name (001_foundation.sql), then definitions (definitions/chat.sql), then
+        catalogues (catalogue/openai-models.json)."""
+        return (
+            [m.file_name for m in self.migrations]
+            + [d.file_name for d in self.definitions]
+            + [c.file_name for c in self.catalogues]
+        )
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -104,6 +135,11 @@ def discover_definitions(directory: Path = DEFINITIONS_DIR) -> list[Definition]:
     return definitions
 
 
+def discover_catalogues(directory: Path = pricing.CATALOGUE_DIR) -> list[Catalogue]:
+    """The catalogue files of a folder, in name order."""
+    return [Catalogue(path.name, path.read_text(encoding="utf-8")) for path in sorted(directory.glob("*.json"))]
+
+
 @functools.cache
 def expected_schema() -> tuple[int, dict[str, str]]:
     """The schema this code expects: its last migration's version and each definition file's checksum."""
@@ -115,19 +151,27 @@ def apply(
     conn: pg8000.native.Connection,
     migrations: list[Migration] | None = None,
     definitions: list[Definition] | None = None,
+    catalogues: list[Catalogue] | None = None,
 ) -> Applied:
-    """Apply the pending migrations, then the changed definitions; returns what was applied.
+    """Apply the pending migrations, then the changed definitions, then import the changed catalogues;
+    returns what was applied.
 
     Safe to run concurrently: runs are serialised by an advisory lock, and a second run finds
-    nothing to do.
+    nothing to do. Without `catalogues`, the shipped ones are imported only when the definitions are the
+    shipped ones too: a schema built from a part of them (as tests build older ones) lacks the import.
     """
+    with_catalogues = catalogues is not None or definitions is None
     migrations = discover() if migrations is None else migrations
     definitions = discover_definitions() if definitions is None else definitions
+    catalogues = discover_catalogues() if catalogues is None else catalogues
     conn.run("SELECT pg_advisory_lock(:key)", key=_LOCK_KEY)
     try:
         _create_history_tables(conn)
         applied = Applied(migrations=_apply_migrations(conn, migrations))
         applied.definitions = _apply_definitions(conn, definitions)
+        if with_catalogues:
+            applied.imports = _import_catalogues(conn, catalogues)
+        applied.catalogues = [catalogue for catalogue in catalogues if catalogue.file_name in applied.imports]
         return applied
     finally:
         conn.run("SELECT pg_advisory_unlock(:key)", key=_LOCK_KEY)
@@ -202,7 +246,10 @@ def _apply_migrations(conn: pg8000.native.Connection, migrations: list[Migration
 
 def _apply_definitions(conn: pg8000.native.Connection, definitions: list[Definition]) -> list[Definition]:
     """Apply the changed definition files in one transaction: all of them take effect, or none."""
-    recorded = {row[0]: row[1] for row in conn.run("SELECT name, checksum FROM schema_definitions")}
+    recorded = {
+        row[0]: row[1]
+        for row in conn.run("SELECT name, checksum FROM schema_definitions WHERE name NOT LIKE :c", c="catalogue/%")
+    }
     changed = [definition for definition in definitions if recorded.get(definition.name) != definition.checksum]
     gone = sorted(set(recorded) - {definition.name for definition in definitions})
     if not changed and not gone:
@@ -230,3 +277,47 @@ def _apply_definitions(conn: pg8000.native.Connection, definitions: list[Definit
         conn.run("ROLLBACK")
         raise
     return changed
+
+
+def _import_catalogues(conn: pg8000.native.Connection, catalogues: list[Catalogue]) -> dict[str, pricing.ImportReport]:
+    """Import each changed catalogue in its own transaction; returns each import's report by file name."""
+    recorded = {
+        row[0]: row[1]
+        for row in conn.run("SELECT name, checksum FROM schema_definitions WHERE name LIKE :c", c="catalogue/%")
+    }
+    reports: dict[str, pricing.ImportReport] = {}
+    for catalogue in catalogues:
+        if recorded.get(catalogue.file_name) == catalogue.checksum:
+            continue
+        try:
+            models = pricing.parse(catalogue.text, f"sql/{catalogue.file_name}")
+        except pricing.CatalogueError as error:
+            raise MigrationError(f"{error}; nothing of it was imported") from None
+        conn.run("BEGIN")
+        try:
+            rows = conn.run(
+                "SELECT import_model_catalogue(CAST(:models AS jsonb), now(), CAST(:first AS timestamptz))::text",
+                models=json.dumps(models),
+                first=pricing.FIRST_PRICED_FROM,
+            )
+            conn.run(
+                """INSERT INTO schema_definitions (name, checksum) VALUES (:n, :c)
+                   ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()""",
+                n=catalogue.file_name,
+                c=catalogue.checksum,
+            )
+            conn.run("COMMIT")
+        except DatabaseError as error:
+            conn.run("ROLLBACK")
+            raise MigrationError(
+                f"sql/{catalogue.file_name} failed to import and was rolled back: {error_message(error)}"
+            ) from error
+        except BaseException:
+            conn.run("ROLLBACK")
+            raise
+        reports[catalogue.file_name] = pricing.ImportReport.from_json(rows[0][0])
+    gone = sorted(set(recorded) - {catalogue.file_name for catalogue in catalogues})
+    if gone:
+        # A catalogue file that is gone leaves its models and prices; only its record goes.
+        conn.run("DELETE FROM schema_definitions WHERE name = ANY(:names)", names=gone)
+    return reports

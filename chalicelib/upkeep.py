@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 
-from chalicelib.db import Database
+from pg8000.exceptions import DatabaseError
+
+from chalicelib import pricing
+from chalicelib.config import get_settings
+from chalicelib.db import Database, error_message
 from chalicelib.logs import logger
 
 # Queued completions rolled up per statement: a transaction of bounded size however long the backlog,
@@ -47,11 +52,39 @@ def refresh_usage(db: Database) -> dict[str, int | bool]:
     return result
 
 
+def import_prices(db: Database, url: str) -> dict[str, int | bool]:
+    """Import OpenAI's models and prices from the price table at `url` (CHITTY_PRICING_URL), logged. A table
+    that cannot be fetched, read or imported is logged as a warning and changes nothing."""
+    try:
+        models = pricing.load(url)
+        row = db.one(
+            "import_model_catalogue",
+            models=json.dumps(models),
+            effective_from=None,
+            first_from=pricing.FIRST_PRICED_FROM,
+        )
+    except pricing.CatalogueError as error:
+        logger.warning("prices not imported", extra={"source": url, "detail": str(error)})
+        return {"prices_imported": False}
+    except DatabaseError as error:
+        logger.warning("prices not imported", extra={"source": url, "detail": error_message(error)})
+        return {"prices_imported": False}
+    assert row is not None
+    report = pricing.ImportReport.from_json(row["report"])
+    changes = {c["model"]: f"{c['old_output_per_mtok']} -> {c['output_per_mtok']}" for c in report.changed}
+    logger.info("prices imported", extra={"source": url, **report.counts, "changed_output_per_mtok": changes})
+    return {"prices_imported": True, **report.counts}
+
+
 def daily_upkeep(db: Database) -> dict[str, int | bool]:
-    """The daily round: the usage rollup (a safety net for the five-minute runs) and the purge of the
-    reservations of calls that died (they stopped counting when they expired), logged."""
+    """The daily round: the usage rollup (a safety net for the five-minute runs), the purge of the
+    reservations of calls that died (they stopped counting when they expired) and, with CHITTY_PRICING_URL
+    set, the import of OpenAI's current models and prices, logged."""
     result: dict[str, int | bool] = asdict(roll_up_usage(db, budget_s=SCHEDULED_BUDGET_S))
     purged = db.one("purge_expired_reservations")
     result["expired_reservations_purged"] = purged["purged"] if purged else 0
+    url = get_settings().pricing_url
+    if url:
+        result.update(import_prices(db, url))
     logger.info("daily upkeep done", extra=result)
     return result

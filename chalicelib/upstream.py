@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 
 CONNECT_TIMEOUT = 3.0
+_ANSWER_NAMES = {"chat": "a chat completion", "responses": "a response"}
 
 
 class UpstreamError(Exception):
@@ -60,10 +61,14 @@ class UpstreamError(Exception):
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens as the upstream reported them (the same names on both wire formats), and billed tool calls."""
+
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    web_search_calls: int = 0
     estimated: bool = False
 
     @property
@@ -76,8 +81,18 @@ class Usage:
             completion_tokens=self.completion_tokens + other.completion_tokens,
             cached_tokens=self.cached_tokens + other.cached_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            web_search_calls=self.web_search_calls + other.web_search_calls,
             estimated=self.estimated or other.estimated,
         )
+
+
+class ReportedError(Exception):
+    """An error the upstream reported inside a stream it had begun (an error or response.failed event)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class _AttemptBroke(Exception):
@@ -92,38 +107,47 @@ class _AttemptBroke(Exception):
 
 @dataclass(frozen=True)
 class Reply:
+    """An answer, whichever wire format brought it. tool_calls: [{id, name, arguments}]; citations: [{url, title}]."""
+
     content: str
     model: str
     finish_reason: str | None
     usage: Usage
-    request_id: str | None
-    latency_ms: int
+    request_id: str | None = None
+    latency_ms: int = 0
+    tool_calls: tuple[dict[str, str], ...] = ()
+    citations: tuple[dict[str, str], ...] = ()
+    reasoning_summary: str | None = None
+    service_tier: str | None = None
 
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """What to ask: the full message list and the sampling settings.
+    """What to ask, in one object whichever wire format carries it: the full message list (Chat Completions
+    shape: roles, content parts, tool calls and tool results) and every setting. `None` is not sent.
 
-    The body goes out through the SDK's plain `post`, not `chat.completions.create`: ours is
-    already in wire form, and create's request transformation costs about 20 ms of CPU for a
-    session's 50 messages of history (measured), ten times what the whole gateway adds.
+    The body goes out through the SDK's plain `post`, not `chat.completions.create`: ours is already in
+    wire form, and create's request transformation costs about 20 ms of CPU for a session's 50 messages
+    of history (measured), ten times what the whole gateway adds.
     """
 
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": self.messages}
-        if self.max_tokens is not None:
-            body["max_completion_tokens"] = self.max_tokens
-        if self.temperature is not None:
-            body["temperature"] = self.temperature
-        if self.top_p is not None:
-            body["top_p"] = self.top_p
-        return body
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    reasoning_summary: str | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    web_search: str | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    max_tool_calls: int | None = None
 
 
 def estimate_tokens(text: str) -> int:
@@ -131,9 +155,21 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4) if text else 0
 
 
-def estimate_usage(messages: list[dict[str, str]], reply: str) -> Usage:
-    prompt = sum(estimate_tokens(message.get("content") or "") + 4 for message in messages)
+def estimate_usage(messages: list[dict[str, Any]], reply: str) -> Usage:
+    prompt = sum(estimate_tokens(message_text(message)) + 4 for message in messages)
     return Usage(prompt_tokens=prompt, completion_tokens=estimate_tokens(reply), estimated=True)
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a message: its content, or its text parts, and the arguments of its tool calls."""
+    content = message.get("content")
+    text = content if isinstance(content, str) else ""
+    if isinstance(content, list):
+        text = "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        text += str(function.get("name") or "") + str(function.get("arguments") or "")
+    return text
 
 
 def _retry_after(response: httpx.Response | None) -> float | None:
@@ -169,9 +205,11 @@ def _last_four(api_key: str) -> str:
 
 @dataclass
 class Upstream:
-    """An OpenAI-compatible endpoint with a time budget per call."""
+    """An OpenAI-compatible endpoint with a time budget per call, spoken to in one wire format: "responses"
+    (OpenAI's Responses API) or "chat" (Chat Completions, which every compatible endpoint has)."""
 
     base_url: str | None
+    api: str = "chat"
     attempt_timeout: float = 25.0
     deadline: float = 25.0
     max_attempts: int = 3
@@ -297,34 +335,39 @@ class Upstream:
     def _backoff(self, attempt: int) -> float:
         return self.backoff * (2 ** (attempt - 1)) * (1 + random.random() / 2)
 
+    def _wire(self) -> Any:
+        if self.api == "responses":
+            from chalicelib import openai_responses
+
+            return openai_responses
+        from chalicelib import openai_chat
+
+        return openai_chat
+
     def _once(self, client: OpenAI, request: CompletionRequest, timeout: float, started: float) -> Reply:
         import httpx2
 
+        wire = self._wire()
         # The SDK sends, authenticates and maps error statuses to its exceptions; the JSON of a success is
-        # read here, as a dict: building ChatCompletion models costs more than everything else we add.
+        # read here, as a dict: building the SDK's models costs more than everything else we add.
         response = client.post(
-            "/chat/completions", body=request.body(), cast_to=httpx2.Response, options={"timeout": _timeout(timeout)}
+            wire.PATH, body=wire.body(request, False), cast_to=httpx2.Response, options={"timeout": _timeout(timeout)}
         )
         try:
-            completion = json.loads(response.content)
-            choices = completion.get("choices") or [{}]
-            choice, message = choices[0], choices[0].get("message") or {}
+            answer = json.loads(response.content)
+            if not isinstance(answer, dict):
+                raise TypeError("not an object")
+            reply: Reply = wire.reply(answer, request)
         except (ValueError, AttributeError, TypeError) as error:
             raise UpstreamError(
-                f"OpenAI answered {response.status_code} with a body that is not a chat completion.",
+                f"OpenAI answered {response.status_code} with a body that is not {_ANSWER_NAMES[self.api]}.",
                 status=response.status_code,
                 latency_ms=_ms(started),
             ) from error
-        content = message.get("content") or ""
-        usage = _usage_of(completion.get("usage")) or estimate_usage(request.messages, content)
-        return Reply(
-            content=content,
-            model=completion.get("model") or request.model,
-            finish_reason=choice.get("finish_reason"),
-            usage=usage,
-            request_id=response.headers.get("x-request-id"),
-            latency_ms=_ms(started),
-        )
+        except UpstreamError as error:
+            error.latency_ms = _ms(started)
+            raise
+        return dataclasses.replace(reply, request_id=response.headers.get("x-request-id"), latency_ms=_ms(started))
 
     def _stream(
         self,
@@ -336,23 +379,23 @@ class Upstream:
         on_delta: Callable[[str], None] | None,
     ) -> Reply:
         from openai import Stream
-        from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-        chunks = client.post(
-            "/chat/completions",
-            body={**request.body(), "stream": True, "stream_options": {"include_usage": True}},
-            cast_to=ChatCompletion,
+        wire = self._wire()
+        events = client.post(
+            wire.PATH,
+            body=wire.body(request, True),
+            cast_to=object,
             stream=True,
-            stream_cls=Stream[ChatCompletionChunk],
+            stream_cls=Stream[object],
             options={"timeout": _timeout(timeout)},
         )
-        watchdog = _cut_off_at(chunks.response, started + self.deadline - time.monotonic())
-        streamed: dict[str, Any] = {}
+        watchdog = _cut_off_at(events.response, started + self.deadline - time.monotonic())
+        reader = wire.Stream(request)
         try:
-            model, finish_reason, usage, request_id = self._read_stream(chunks, started, received, on_delta, streamed)
+            self._read_stream(events, reader, started, received, on_delta)
         except Exception as error:
             # The upstream began answering, so the attempt was billed: what went out and what came back.
-            billed = streamed.get("usage") or estimate_usage(request.messages, "".join(received))
+            billed = reader.billed()
             if isinstance(error, UpstreamError):
                 error.usage = billed
                 raise
@@ -364,18 +407,13 @@ class Upstream:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
-        if finish_reason is None:
+        reply = reader.result()
+        if reply is None:
             # The stream ended without its last event (the connection closed early): not a complete answer.
             cut = ConnectionError("the stream ended before its last event")
-            raise _AttemptBroke(cut, usage or estimate_usage(request.messages, "".join(received)), cut=True)
-        content = "".join(received)
-        return Reply(
-            content=content,
-            model=model or request.model,
-            finish_reason=finish_reason,
-            usage=usage or estimate_usage(request.messages, content),
-            request_id=request_id,
-            latency_ms=_ms(started),
+            raise _AttemptBroke(cut, reader.billed(), cut=True)
+        return dataclasses.replace(
+            reply, request_id=events.response.headers.get("x-request-id"), latency_ms=_ms(started)
         )
 
     def _overran(self, started: float, received: list[str]) -> UpstreamError:
@@ -388,31 +426,22 @@ class Upstream:
 
     def _read_stream(
         self,
-        chunks: Any,
+        events: Any,
+        reader: Any,
         started: float,
         received: list[str],
         on_delta: Callable[[str], None] | None,
-        streamed: dict[str, Any],
-    ) -> tuple[str | None, str | None, Usage | None, str | None]:
-        model, finish_reason, usage = None, None, None
-        with chunks:
-            for chunk in chunks:
-                model = chunk.model or model
-                if chunk.usage is not None:
-                    usage = streamed["usage"] = _usage(chunk.usage)
-                for choice in chunk.choices:
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
-                    delta = choice.delta.content if choice.delta else None
-                    if delta:
-                        received.append(delta)
-                        if on_delta is not None:
-                            on_delta(delta)
-                # Read timeouts only bound the gap between chunks; a steady trickle must stop at the deadline too.
+    ) -> None:
+        with events:
+            for event in events:
+                delta = reader.feed(event)
+                if delta:
+                    received.append(delta)
+                    if on_delta is not None:
+                        on_delta(delta)
+                # Read timeouts only bound the gap between events; a steady trickle must stop at the deadline too.
                 if time.monotonic() - started > self.deadline:
                     raise self._overran(started, received)
-            request_id = chunks.response.headers.get("x-request-id")
-        return model, finish_reason, usage, request_id
 
 
 def _timeout(seconds: float) -> Any:
@@ -437,28 +466,6 @@ def _cut_off_at(response: Any, seconds: float) -> threading.Timer | None:
     timer.daemon = True
     timer.start()
     return timer
-
-
-def _usage(usage: Any) -> Usage | None:
-    """Usage from a streamed chunk's model object."""
-    return None if usage is None else _usage_of(usage.model_dump())
-
-
-def _usage_of(usage: Any) -> Usage | None:
-    """Usage from the JSON `usage` object, cached and reasoning details included; None if absent or malformed."""
-    if not isinstance(usage, dict):
-        return None
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
-    try:
-        return Usage(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached_tokens=int(prompt_details.get("cached_tokens") or 0),
-            reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
-        )
-    except (TypeError, ValueError, AttributeError):
-        return None
 
 
 def _ms(started: float) -> int:
@@ -491,7 +498,9 @@ def _broke_message(broke: _AttemptBroke, characters: int) -> str:
             f"The OpenAI stream ended after {characters} characters without its last event (the connection closed "
             "early); the reply is incomplete. Ask again."
         )
-    if isinstance(broke.cause, openai.APIError) and not isinstance(broke.cause, openai.APIConnectionError):
+    if isinstance(broke.cause, ReportedError) or (
+        isinstance(broke.cause, openai.APIError) and not isinstance(broke.cause, openai.APIConnectionError)
+    ):
         return (
             f"OpenAI reported an error after {characters} characters of the reply: "
             f"{redact(_error_message(broke.cause))}. The reply is incomplete; ask again."

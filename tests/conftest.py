@@ -19,7 +19,7 @@ import pytest
 from chalicelib import auth, migrate
 from chalicelib.db import SQL_DIR, Database, connection, load_queries
 from devtools import embedded
-from devtools.fake_openai import FakeOpenAI
+from devtools.fake_openai import DEFAULT_CITATIONS, FakeOpenAI, is_reasoning_model
 from tests.books import assert_books_balance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,9 +188,14 @@ def fake_openai(fake_openai_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
     fake.reset()
     fake.delay = fake.stream_chunk_delay = 0.0
     fake.reply = None
-    fake.cached_tokens = fake.reasoning_tokens = 0
+    fake.cached_tokens = fake.reasoning_tokens = fake.cache_write_tokens = 0
     fake.served_model.clear()
     fake.rejected_keys.clear()
+    fake.served_tier = fake.reasoning_summary = None
+    fake.web_searches = 1
+    fake.citations = list(DEFAULT_CITATIONS)
+    fake.accepted_efforts = {}
+    fake.is_reasoning_model = is_reasoning_model
 
 
 def server_env(database_url: str, fake: FakeOpenAI) -> dict[str, str]:

@@ -22,7 +22,7 @@ from chalicelib import config, crypto, migrate
 from chalicelib.config import ConfigError
 from chalicelib.crypto import EnvelopeSealer, SealBroken, Sealer, open_envelope, parse_key
 from chalicelib.db import connection
-from chalicelib.migrate import discover, discover_definitions
+from chalicelib.migrate import discover, discover_catalogues, discover_definitions
 from devtools import embedded
 from devtools.fake_openai import Reply, bad_request
 from tests.clients import post
@@ -471,7 +471,7 @@ def test_a_failed_completion_counts_an_upstream_error_by_model_and_tool(completi
     assert [set(dimensions) for dimensions in directive_with(emf, "UpstreamErrors")["Dimensions"]] == [
         {"service", "model", "tool"}
     ]
-    assert (emf["model"], emf["tool"]) == ("gpt-4o-mini", "chatgpt_complete")
+    assert (emf["model"], emf["tool"]) == ("gpt-5.4-mini", "chatgpt_complete")  # the server's default model
     assert emf["UpstreamErrors"] == 1
     assert emf["Completions"] == 1
     assert "PromptTokens" not in emf
@@ -558,7 +558,8 @@ def test_the_migrate_function_applies_every_migration_to_a_fresh_database_once(
     migrations = discover()
     assert first == {
         "applied": [migration.file_name for migration in migrations]
-        + [definition.file_name for definition in discover_definitions()],
+        + [definition.file_name for definition in discover_definitions()]
+        + [catalogue.file_name for catalogue in discover_catalogues()],
         "schema_version": migrations[-1].version,
     }
     assert second == {"applied": [], "schema_version": migrations[-1].version}

@@ -16,7 +16,9 @@ from devtools.fake_openai import make_usage
 from tests.clients import CLIENT_MODES, post, sse_messages, with_client
 from tests.conftest import ROOT, SERVER_OPENAI_KEY, server_env, start_server
 
-GPT_4O_MINI = (Decimal("0.15"), Decimal("0.075"), Decimal("0.60"))
+# The server's default model (CHITTY_DEFAULT_MODEL unset) and its prices: input, cached input, output per 1M tokens.
+DEFAULT_MODEL = "gpt-5.4-mini"
+DEFAULT_MODEL_PRICES = (Decimal("0.75"), Decimal("0.075"), Decimal("4.5"))
 
 
 def rows(database_url, sql, **params):
@@ -56,7 +58,7 @@ def new_session(server, user, prompt=None, **arguments):
     return result["structuredContent"]["session_id"]
 
 
-def cost(usage, prices=GPT_4O_MINI):
+def cost(usage, prices=DEFAULT_MODEL_PRICES):
     price_in, price_cached, price_out = prices
     prompt, cached = usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"]
     return ((prompt - cached) * price_in + cached * price_cached + usage["completion_tokens"] * price_out) / 1_000_000
@@ -67,7 +69,7 @@ def test_a_one_off_completion_answers_and_records_usage_and_exact_cost(server, f
 
     sent = fake_openai.chat_requests[-1]
     assert sent.api_key == SERVER_OPENAI_KEY
-    assert sent.model == "gpt-4o-mini"
+    assert sent.model == DEFAULT_MODEL
     assert sent.messages == [{"role": "user", "content": "Explain quantum computing"}]
     expected = make_usage(sent.messages, "echo: Explain quantum computing")
     answer = result["structuredContent"]
@@ -177,7 +179,7 @@ def test_the_model_comes_from_the_argument_then_the_config_then_the_session_then
         u=alice.user_id,
     )
     ask(server, alice, "a")
-    assert fake_openai.chat_requests[-1].model == "gpt-4o-mini"
+    assert fake_openai.chat_requests[-1].model == DEFAULT_MODEL
     ask(server, alice, "b", model_config="precise")
     sent = fake_openai.chat_requests[-1]
     assert (sent.model, sent.json["temperature"], sent.max_completion_tokens) == ("gpt-4.1", 0.1, 300)
@@ -412,7 +414,7 @@ def test_recording_a_turn_again_writes_nothing_twice_and_answers_the_same(server
     reply = {
         "status": "ok",
         "content": "once",
-        "model": "gpt-4o-mini",
+        "model": DEFAULT_MODEL,
         "finish_reason": "stop",
         "prompt_tokens": 11,
         "completion_tokens": 7,

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import uuid
 
-from tests.clients import CLIENT_MODES, post, with_client
+import pytest
+from jsonschema import Draft202012Validator
+from pg8000.exceptions import DatabaseError
+
+from chalicelib import pricing
+from chalicelib.db import connection
+from tests.clients import CLIENT_MODES, post, run_cli, with_client
+
+
+def call_message(name, arguments):
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
 
 
 def tool(server, user, name, arguments):
-    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
-    response = post(server.mcp_url, message, token=user.token)
+    response = post(server.mcp_url, call_message(name, arguments), token=user.token)
     assert response.status_code == 200, response.text
     return response.json()["result"]
+
+
+def tools_of(server, user):
+    response = post(server.mcp_url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, token=user.token)
+    return response.json()["result"]["tools"]
 
 
 def text_of(result):
@@ -24,6 +39,13 @@ def ok(result):
 
 
 PRECISE = {"name": "precise", "model": "gpt-4.1", "temperature": 0.1, "max_tokens": 300, "system_prompt": "Be precise."}
+# A catalogue entry as LiteLLM lists it: an OpenAI chat model at $1 / $4 per million tokens.
+CHAT_MODEL = {
+    "litellm_provider": "openai",
+    "mode": "chat",
+    "input_cost_per_token": 1e-06,
+    "output_cost_per_token": 4e-06,
+}
 
 
 @pytest.mark.parametrize("mode", CLIENT_MODES)
@@ -187,7 +209,7 @@ def test_a_sessions_config_is_changed_and_removed_by_update(server, fake_openai,
             {"messages": [{"role": "user", "content": "q"}], "session_id": session_id},
         )
     )
-    assert fake_openai.chat_requests[-1].model == "gpt-4o-mini"
+    assert fake_openai.chat_requests[-1].model == "gpt-5.4-mini"
 
 
 def test_updating_a_session_to_an_unknown_config_changes_nothing(server, alice):
@@ -229,7 +251,8 @@ def test_a_user_cannot_manage_another_users_configs(server, alice, bob):
 
 def test_models_list_shows_prices_in_force_and_the_callers_configs(server, alice, bob):
     ok(tool(server, alice, "chitty_model_config_create", {"name": "daily", "model": "gpt-4o"}))
-    ok(tool(server, alice, "chitty_model_config_create", {"name": "pinned", "model": "gpt-4o-2024-08-06"}))
+    # A snapshot without a price of its own, billed as gpt-4o.
+    ok(tool(server, alice, "chitty_model_config_create", {"name": "pinned", "model": "gpt-4o-2026-11-20"}))
     ok(tool(server, alice, "chitty_model_config_create", {"name": "local", "model": "my-local-model"}))
     ok(tool(server, bob, "chitty_model_config_create", {"name": "bobs", "model": "gpt-4o"}))
 
@@ -242,10 +265,172 @@ def test_models_list_shows_prices_in_force_and_the_callers_configs(server, alice
     assert gpt_4o["config_names"] == ["daily", "pinned"]
     assert models["gpt-4o-mini"]["config_names"] == []
     assert models["gpt-4o-mini"]["has_config"] is False
-    assert models["gpt-4"]["cached_input_per_mtok"] == models["gpt-4"]["input_per_mtok"] == 30
+    assert "gpt-4" not in models  # retired: listed only when asked for
+    with_retired = {
+        entry["model"]: entry
+        for entry in ok(tool(server, alice, "chitty_models_list", {"include_retired": True}))["models"]
+    }
+    assert with_retired["gpt-4"]["cached_input_per_mtok"] == with_retired["gpt-4"]["input_per_mtok"] == 30
+    assert with_retired["gpt-4"]["retired"] is True
     unpriced = models["my-local-model"]
     assert (unpriced["priced"], unpriced["input_per_mtok"], unpriced["config_names"]) == (False, None, ["local"])
     assert "bobs" not in str(models)
     for_bob = {entry["model"]: entry for entry in ok(tool(server, bob, "chitty_models_list", {}))["models"]}
     assert for_bob["gpt-4o"]["config_names"] == ["bobs"]
     assert "my-local-model" not in for_bob
+
+
+def test_models_list_shows_every_rate_capabilities_and_the_announced_shutdown(server, alice):
+    models = {
+        entry["model"]: entry for entry in ok(tool(server, alice, "chitty_models_list", {"search": "GPT-"}))["models"]
+    }
+
+    gpt_54 = models["gpt-5.4"]
+    assert (gpt_54["input_per_mtok"], gpt_54["cached_input_per_mtok"], gpt_54["output_per_mtok"]) == (2.5, 0.25, 15)
+    assert gpt_54["cache_write_per_mtok"] == 2.5
+    assert gpt_54["long_context"] == {
+        "above_tokens": 272_000,
+        "input_per_mtok": 5,
+        "cached_input_per_mtok": 0.5,
+        "cache_write_per_mtok": 5,
+        "output_per_mtok": 22.5,
+    }
+    assert gpt_54["tiers"]["flex"]["output_per_mtok"] == 7.5
+    assert gpt_54["tiers"]["flex"]["long_context"]["output_per_mtok"] == 11.25
+    assert gpt_54["tiers"]["priority"] == {
+        "input_per_mtok": 5,
+        "cached_input_per_mtok": 0.5,
+        "cache_write_per_mtok": 5,
+        "output_per_mtok": 30,
+        "long_context": None,
+    }
+    assert gpt_54["capabilities"]["efforts"] == ["none", "low", "medium", "high", "xhigh"]
+    assert gpt_54["capabilities"]["apis"] == ["chat", "responses"]
+    assert (gpt_54["shutdown_on"], gpt_54["retired"]) == (None, False)
+    assert models["gpt-5.4-mini"]["web_search_per_call"] == {"low": 0.01, "medium": 0.01, "high": 0.01}
+    gpt_4o = models["gpt-4o"]
+    assert (gpt_4o["shutdown_on"], gpt_4o["successor"], gpt_4o["retired"]) == ("2027-01-14", "gpt-6-luna", False)
+    assert gpt_4o["tiers"]["priority"]["input_per_mtok"] == 4.25
+    assert all("gpt-" in name.lower() for name in models)
+
+
+def test_retired_models_are_listed_when_asked_for_or_when_a_config_uses_them(server, alice, database_url):
+    prefix = f"museum-{uuid.uuid4().hex[:8]}"
+    gone, used, current = f"{prefix}-gone", f"{prefix}-used", f"{prefix}-current"
+    table = {
+        gone: {**CHAT_MODEL, "deprecation_date": "2020-01-01", "successor_model": "gpt-5.4-mini"},
+        used: {**CHAT_MODEL, "deprecation_date": "2020-01-01"},
+        current: {**CHAT_MODEL, "deprecation_date": "2099-06-30"},
+    }
+    with connection(database_url) as conn:
+        conn.run(
+            "SELECT import_model_catalogue(CAST(:m AS jsonb), now(), '2024-01-01')",
+            m=json.dumps(pricing.catalogue_entries(table)),
+        )
+    ok(tool(server, alice, "chitty_model_config_create", {"name": "old", "model": used}))
+
+    default = ok(tool(server, alice, "chitty_models_list", {"search": prefix}))["models"]
+    everything = ok(tool(server, alice, "chitty_models_list", {"search": prefix, "include_retired": True}))["models"]
+
+    assert [(m["model"], m["retired"], m["config_names"]) for m in default] == [
+        (current, False, []),
+        (used, True, ["old"]),
+    ]
+    shown = {m["model"]: m for m in everything}
+    assert list(shown) == [current, gone, used]
+    assert (shown[gone]["retired"], shown[gone]["shutdown_on"], shown[gone]["successor"]) == (
+        True,
+        "2020-01-01",
+        "gpt-5.4-mini",
+    )
+    assert shown[current]["shutdown_on"] == "2099-06-30"
+
+
+def test_models_list_names_the_aliases(server, alice, database_url):
+    alias = f"azure-{uuid.uuid4().hex[:8]}"
+    assert run_cli("pricing", "alias", alias, "gpt-4.1", database_url=database_url).returncode == 0
+    aliases = ok(tool(server, alice, "chitty_models_list", {"search": "no model is named like this"}))["aliases"]
+    assert {"name": alias, "model": "gpt-4.1"} in aliases
+
+
+def test_every_models_list_answer_matches_its_output_schema_and_stays_small(server, alice):
+    [listed] = [t for t in tools_of(server, alice) if t["name"] == "chitty_models_list"]
+    validator = Draft202012Validator(listed["outputSchema"])
+    for arguments in ({}, {"include_retired": True}, {"search": "gpt-5"}, {"search": "nothing like it"}):
+        response = post(server.mcp_url, call_message("chitty_models_list", arguments), token=alice.token)
+        result = response.json()["result"]
+        assert list(validator.iter_errors(ok(result))) == []
+        assert len(response.content) < 4 * 1024 * 1024
+
+
+OPTIONS = {
+    "reasoning_effort": "high",
+    "verbosity": "low",
+    "reasoning_summary": "concise",
+    "service_tier": "flex",
+    "web_search": "high",
+}
+
+
+def test_a_configs_reasoning_verbosity_tier_and_web_search_round_trip(server, alice):
+    created = ok(tool(server, alice, "chitty_model_config_create", {**PRECISE, "model": "gpt-5.4", **OPTIONS}))
+    [listed] = ok(tool(server, alice, "chitty_model_config_list", {}))["configs"]
+    changed = ok(
+        tool(
+            server,
+            alice,
+            "chitty_model_config_update",
+            {"name": "precise", "reasoning_effort": None, "service_tier": "priority", "web_search": True},
+        )
+    )
+    off = ok(tool(server, alice, "chitty_model_config_update", {"name": "precise", "web_search": False}))
+
+    assert {key: created[key] for key in OPTIONS} == OPTIONS
+    assert listed == created
+    assert {key: changed[key] for key in OPTIONS} == {
+        **OPTIONS,
+        "reasoning_effort": None,
+        "service_tier": "priority",
+        "web_search": "medium",
+    }
+    assert off["web_search"] is None
+    assert off["verbosity"] == "low"
+
+
+def test_web_search_true_on_create_means_the_medium_search_context(server, alice):
+    created = ok(
+        tool(server, alice, "chitty_model_config_create", {"name": "searcher", "model": "gpt-5.4", "web_search": True})
+    )
+    assert created["web_search"] == "medium"
+    assert (created["reasoning_effort"], created["verbosity"], created["service_tier"]) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("reasoning_effort", "extreme"),
+        ("reasoning_effort", "max"),
+        ("verbosity", "terse"),
+        ("reasoning_summary", "full"),
+        ("service_tier", "scale"),
+        ("web_search", "huge"),
+        ("web_search", 1),
+    ],
+)
+def test_a_bad_option_is_a_tool_error_naming_the_field(server, alice, field, value):
+    created = tool(server, alice, "chitty_model_config_create", {**PRECISE, field: value})
+    ok(tool(server, alice, "chitty_model_config_create", PRECISE))
+    updated = tool(server, alice, "chitty_model_config_update", {"name": "precise", field: value})
+    for result in (created, updated):
+        assert result["isError"] is True
+        assert field in text_of(result)
+    [kept] = ok(tool(server, alice, "chitty_model_config_list", {}))["configs"]
+    assert kept[field] is None
+
+
+def test_the_database_refuses_an_option_the_tools_would_not_send(database_url, alice):
+    with connection(database_url) as conn, pytest.raises(DatabaseError, match="model_configs_service_tier_check"):
+        conn.run(
+            "INSERT INTO model_configs (user_id, name, model, service_tier) VALUES (:u, 'raw', 'gpt-4o', 'scale')",
+            u=alice.user_id,
+        )

@@ -294,7 +294,10 @@ def values_for(
     surrogate, any number be NaN or Infinity, and free-form values be any of `any_values`."""
     kinds = schema.get("type")
     kinds = kinds if isinstance(kinds, list) else [kinds] if kinds else []
-    options: list[st.SearchStrategy[Any]] = []
+    options: list[st.SearchStrategy[Any]] = [
+        values_for(branch, mutate, integral_floats=integral_floats, hostile=hostile)
+        for branch in schema.get("anyOf", [])
+    ]
     if "enum" in schema:
         options.append(st.sampled_from(schema["enum"]))
     for kind in [] if "enum" in schema else kinds:

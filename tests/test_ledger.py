@@ -36,8 +36,10 @@ def tool(server: Server, user: User, name: str, arguments: dict[str, Any]) -> di
 
 
 def ask(server: Server, user: User, text: str, stream: bool = False, **arguments: Any) -> dict[str, Any]:
+    # A cheap chat model, which the budgets below are sized for (the server's default is a reasoning model).
     messages = [{"role": "user", "content": text}]
-    return tool(server, user, "chatgpt_stream" if stream else "chatgpt_complete", {"messages": messages, **arguments})
+    name = "chatgpt_stream" if stream else "chatgpt_complete"
+    return tool(server, user, name, {"messages": messages, "model": "gpt-4o-mini", **arguments})
 
 
 def text_of(result: dict[str, Any]) -> str:

@@ -25,6 +25,8 @@ def tool(server, user, name, arguments):
 
 
 def ask(server, user, text, **arguments):
+    # gpt-4o-mini, which worst_case_cost prices (the server's default is a reasoning model, capped higher).
+    arguments = {"model": "gpt-4o-mini", **arguments}
     return tool(server, user, "chatgpt_complete", {"messages": [{"role": "user", "content": text}], **arguments})
 
 

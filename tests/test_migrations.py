@@ -4,19 +4,21 @@ database disagree; a database built from scratch and one upgraded from a deploye
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx2
 import pg8000.native
 import pytest
 
-from chalicelib import migrate
+from chalicelib import migrate, pricing
 from chalicelib.db import connection
 from devtools import embedded
 from tests.clients import run_cli
@@ -119,7 +121,7 @@ def test_each_applied_migration_is_recorded_with_the_sha256_of_its_file(fresh_da
     assert rows == expected
 
 
-def test_each_definition_file_is_recorded_with_the_sha256_of_its_file(fresh_database_url):
+def test_each_definition_file_and_catalogue_is_recorded_with_the_sha256_of_its_file(fresh_database_url):
     with connection(fresh_database_url) as conn:
         applied = migrate.apply(conn)
         rows = [(name, checksum) for name, checksum, _ in recorded_definitions(conn)]
@@ -127,8 +129,51 @@ def test_each_definition_file_is_recorded_with_the_sha256_of_its_file(fresh_data
         (path.name, hashlib.sha256(path.read_bytes()).hexdigest())
         for path in sorted(migrate.DEFINITIONS_DIR.glob("*.sql"))
     ]
-    assert rows == expected
+    catalogues = [
+        (f"catalogue/{path.name}", hashlib.sha256(path.read_bytes()).hexdigest())
+        for path in sorted(pricing.CATALOGUE_DIR.glob("*.json"))
+    ]
+    assert catalogues
+    assert sorted(rows) == sorted(expected + catalogues)
     assert [definition.name for definition in applied.definitions] == [name for name, _ in expected]
+    assert [catalogue.file_name for catalogue in applied.catalogues] == [name for name, _ in catalogues]
+
+
+def test_a_changed_catalogue_alone_is_imported_again_and_prices_change_from_then_on(fresh_database_url, tmp_path):
+    with connection(fresh_database_url) as conn:
+        migrate.apply(conn)
+        before = dict(conn.run("SELECT name, checksum FROM schema_definitions"))
+        changed = tmp_path / "openai-models.json"
+        table = json.loads((pricing.CATALOGUE_DIR / "openai-models.json").read_text())
+        table["gpt-5.4-mini"]["input_cost_per_token"] = 8e-07
+        changed.write_text(json.dumps(table))
+
+        applied = migrate.apply(conn, catalogues=migrate.discover_catalogues(tmp_path))
+        again = migrate.apply(conn, catalogues=migrate.discover_catalogues(tmp_path))
+
+        after = dict(conn.run("SELECT name, checksum FROM schema_definitions"))
+        history = conn.run(
+            "SELECT input_per_mtok FROM model_pricing WHERE model = 'gpt-5.4-mini' ORDER BY effective_from"
+        )
+    report = applied.imports["catalogue/openai-models.json"]
+    assert applied.file_names == ["catalogue/openai-models.json"]
+    assert ([row["model"] for row in report.changed], report.added) == (["gpt-5.4-mini"], [])
+    assert again.file_names == []
+    assert after["catalogue/openai-models.json"] == hashlib.sha256(changed.read_bytes()).hexdigest()
+    assert {name: c for name, c in after.items() if not name.startswith("catalogue/")} == {
+        name: c for name, c in before.items() if not name.startswith("catalogue/")
+    }
+    assert history == [[Decimal("0.75")], [Decimal("0.8")]]
+
+
+def test_a_catalogue_that_cannot_be_read_is_refused_naming_its_file(fresh_database_url, tmp_path):
+    (tmp_path / "openai-models.json").write_text("{not json")
+    with connection(fresh_database_url) as conn:
+        with pytest.raises(migrate.MigrationError, match=r"sql/catalogue/openai-models.json is not JSON"):
+            migrate.apply(conn, catalogues=migrate.discover_catalogues(tmp_path))
+        recorded_catalogues = conn.run("SELECT name FROM schema_definitions WHERE name LIKE 'catalogue/%'")
+        catalogued = conn.run("SELECT count(*) FROM model_catalogue")[0][0]
+    assert (recorded_catalogues, catalogued) == ([], 0)
 
 
 def test_a_second_run_applies_nothing_and_changes_nothing(fresh_database_url):
@@ -233,7 +278,7 @@ def test_a_definition_file_that_is_gone_is_forgotten(fresh_database_url, definit
         migrate.apply(conn, definitions=migrate.discover_definitions(definitions_copy))
         (definitions_copy / "zz_probe.sql").unlink()
         applied = migrate.apply(conn, definitions=migrate.discover_definitions(definitions_copy))
-        names = [name for name, _, _ in recorded_definitions(conn)]
+        names = [name for name, _, _ in recorded_definitions(conn) if not name.startswith("catalogue/")]
     assert applied.file_names == []
     assert names == [definition.name for definition in migrate.discover_definitions()]
 
@@ -254,6 +299,7 @@ def test_a_database_built_from_scratch_equals_one_upgraded_from_the_deployed_sch
         m.version for m in migrate.discover() if m.version not in DEPLOYED_MIGRATIONS
     ]
     assert upgraded.definitions == from_scratch.definitions == migrate.discover_definitions()
+    assert upgraded.catalogues == from_scratch.catalogues == migrate.discover_catalogues()
     scratch_schema = embedded.schema_dump(fresh_database_url)
     assert "CREATE FUNCTION public.record_completion" in scratch_schema
     assert embedded.schema_dump(second_database_url) == scratch_schema
@@ -330,7 +376,10 @@ def test_concurrent_runs_on_a_fresh_database_apply_each_migration_once(fresh_dat
         counts = conn.run("SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version")
         definitions = conn.run("SELECT count(*) FROM schema_definitions")[0][0]
     assert counts == [[version, 1] for version in all_versions]
-    assert definitions == len(migrate.discover_definitions())
+    assert definitions == len(migrate.discover_definitions()) + len(migrate.discover_catalogues())
+    assert sorted(catalogue.name for result in applied for catalogue in result.catalogues) == [
+        catalogue.name for catalogue in migrate.discover_catalogues()
+    ]
 
 
 def test_migrate_command_prints_what_it_applied_then_that_the_database_is_up_to_date(fresh_database_url):
@@ -338,8 +387,12 @@ def test_migrate_command_prints_what_it_applied_then_that_the_database_is_up_to_
     second = run_migrate_cli(fresh_database_url)
 
     assert first.returncode == 0, first.stderr
+    models = len(json.loads((pricing.CATALOGUE_DIR / "openai-models.json").read_text()))
     assert first.stdout.splitlines() == [f"applied {migration.file_name}" for migration in migrate.discover()] + [
         f"applied definitions/{definition.name}" for definition in migrate.discover_definitions()
+    ] + [
+        # Ten of the twelve models seeded in 002 gain their other tiers' rates; two are as seeded.
+        f"applied catalogue/openai-models.json: {models - 12} added, 10 changed, 2 unchanged"
     ]
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == ["database is up to date"]

@@ -115,7 +115,8 @@ def test_the_package_alone_migrates_a_fresh_database_and_answers_a_tool_call(pac
 
     migrations = sorted(path.name for path in (ROOT / "sql" / "migrations").glob("*.sql"))
     definitions = sorted(f"definitions/{path.name}" for path in (ROOT / "sql" / "definitions").glob("*.sql"))
-    assert report["migrated"]["applied"] == migrations + definitions
+    catalogues = sorted(f"catalogue/{path.name}" for path in (ROOT / "sql" / "catalogue").glob("*.json"))
+    assert report["migrated"]["applied"] == migrations + definitions + catalogues
     result = report["call"]["result"]
     assert result["isError"] is False, result
     assert result["content"][0]["text"] == "echo: from the package"
@@ -128,9 +129,15 @@ def test_the_package_alone_migrates_a_fresh_database_and_answers_a_tool_call(pac
 def test_the_package_carries_the_sql_and_none_of_the_development_files(package):
     names = package.names
 
-    for folder in ("migrations", "definitions", "queries"):
+    for folder, files in (
+        ("migrations", "*.sql"),
+        ("definitions", "*.sql"),
+        ("queries", "*.sql"),
+        ("catalogue", "*.json"),
+    ):
         shipped = sorted(name.rsplit("/", 1)[1] for name in names if name.startswith(f"sql/{folder}/"))
-        assert shipped == sorted(path.name for path in (ROOT / "sql" / folder).glob("*.sql"))
+        assert shipped == sorted(path.name for path in (ROOT / "sql" / folder).glob(files))
+        assert shipped
     assert {"app.py", "chalicelib/service.py", "chalicelib/telemetry.py"} <= set(names)
     assert not [name for name in names if name.split("/")[0] in ("tests", "devtools", "bench", "vendor", ".chalice")]
 

@@ -17,7 +17,10 @@ from devtools.fake_openai import make_usage
 from tests.clients import MODERN, run_cli, with_client
 
 MILLION = Decimal(1_000_000)
-# The list prices the product ships with: model -> (input, cached input, output) USD per million tokens.
+# The list prices the product was first seeded with (migration 002): model -> (input, cached input, output) USD
+# per million tokens. The bundled catalogue (LiteLLM's table) lists the same default-tier prices for all twelve;
+# where it adds other rates (priority, flex, web search) `migrate` added a row from its run on, with the same
+# default-tier prices.
 SEEDED = {
     "gpt-4o": ("2.50", "1.25", "10"),
     "gpt-4o-mini": ("0.15", "0.075", "0.60"),
@@ -167,15 +170,24 @@ def test_prices_and_costs_are_numeric_columns_not_floats(conn):
     columns = rows(
         conn,
         """SELECT table_name, column_name, data_type FROM information_schema.columns
-           WHERE (table_name = 'model_pricing' AND column_name LIKE '%per_mtok')
+           WHERE (table_name IN ('model_pricing', 'model_pricing_rates')
+                  AND (column_name LIKE '%per_mtok' OR column_name LIKE '%per_call'))
               OR (table_name = 'chat_messages' AND column_name = 'cost_usd')
            ORDER BY table_name, column_name""",
     )
     assert [(c["table_name"], c["column_name"], c["data_type"]) for c in columns] == [
         ("chat_messages", "cost_usd", "numeric"),
+        ("model_pricing", "cache_write_per_mtok", "numeric"),
         ("model_pricing", "cached_input_per_mtok", "numeric"),
         ("model_pricing", "input_per_mtok", "numeric"),
         ("model_pricing", "output_per_mtok", "numeric"),
+        ("model_pricing", "web_search_high_per_call", "numeric"),
+        ("model_pricing", "web_search_low_per_call", "numeric"),
+        ("model_pricing", "web_search_medium_per_call", "numeric"),
+        ("model_pricing_rates", "cache_write_per_mtok", "numeric"),
+        ("model_pricing_rates", "cached_input_per_mtok", "numeric"),
+        ("model_pricing_rates", "input_per_mtok", "numeric"),
+        ("model_pricing_rates", "output_per_mtok", "numeric"),
     ]
 
 
@@ -238,20 +250,19 @@ def test_zero_tokens_cost_nothing(conn, user_id):
 @pytest.mark.parametrize(
     ("snapshot", "base"),
     [
-        ("gpt-4o-2024-08-06", "gpt-4o"),
-        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
-        ("o3-2025-04-16", "o3"),
-        ("gpt-4-0613", "gpt-4"),
-        ("gpt-3.5-turbo-0125", "gpt-3.5-turbo"),
+        ("gpt-4o-2026-11-20", "gpt-4o"),
+        ("gpt-4o-mini-2026-07-18", "gpt-4o-mini"),
+        ("o3-2026-04-16", "o3"),
+        ("gpt-4-0314", "gpt-4"),
+        ("gpt-3.5-turbo-0301", "gpt-3.5-turbo"),
     ],
 )
-def test_a_dated_snapshot_is_priced_as_its_base_model(conn, user_id, snapshot, base):
+def test_a_dated_snapshot_without_a_price_of_its_own_is_priced_as_its_base_model(conn, user_id, snapshot, base):
+    assert rows(conn, "SELECT model FROM model_pricing WHERE model = :model", model=snapshot) == []
     reply = record_reply(conn, user_id, snapshot, prompt=1_000, cached=200, completion=50)
-    (seeded,) = rows(
-        conn, "SELECT id FROM model_pricing WHERE model = :model AND effective_from = '2024-01-01'", model=base
-    )
+    (in_force,) = rows(conn, "SELECT (price_in_force(:model, now())).*", model=base)
     assert reply["cost_usd"] == expected_cost(base, prompt=1_000, cached=200, completion=50)
-    assert reply["pricing_id"] == seeded["id"]
+    assert (reply["pricing_id"], in_force["model"]) == (in_force["id"], base)
     assert reply["model"] == snapshot
 
 
@@ -425,7 +436,8 @@ def test_a_reply_from_a_snapshot_is_stored_under_it_and_priced_as_the_base_model
     server, fake_openai, alice, conn, monkeypatch
 ):
     messages = [{"role": "user", "content": "Which clause governs termination?"}]
-    monkeypatch.setattr(fake_openai, "served_model", {"gpt-4o": "gpt-4o-2024-08-06"})
+    # A snapshot the catalogue does not list (gpt-4o-2024-08-06 has a price row of its own).
+    monkeypatch.setattr(fake_openai, "served_model", {"gpt-4o": "gpt-4o-2026-11-20"})
     result = complete(server, alice, {"messages": messages, "model": "gpt-4o"})
     assert not result.is_error, result.content
     usage = make_usage(messages, "echo: " + messages[0]["content"])
@@ -437,6 +449,6 @@ def test_a_reply_from_a_snapshot_is_stored_under_it_and_priced_as_the_base_model
         id=message_id,
     )
     expected = expected_cost("gpt-4o", prompt=usage["prompt_tokens"], cached=0, completion=usage["completion_tokens"])
-    assert row == {"model": "gpt-4o-2024-08-06", "cost_usd": expected, "priced_as": "gpt-4o"}
-    assert result.structured_content["model"] == "gpt-4o-2024-08-06"
+    assert row == {"model": "gpt-4o-2026-11-20", "cost_usd": expected, "priced_as": "gpt-4o"}
+    assert result.structured_content["model"] == "gpt-4o-2026-11-20"
     assert Decimal(str(result.structured_content["cost_usd"])) == expected

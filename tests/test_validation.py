@@ -41,6 +41,7 @@ SHARED_KEYWORDS = {
     "pattern",
     "description",
     "default",
+    "anyOf",
 }
 AGREEMENT = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import hmac
 import json
 import re
 import uuid
@@ -30,31 +32,182 @@ from chalicelib.crypto import EncryptionKeyError, KeyRing, KeyServiceError, Seal
 from chalicelib.db import Database, DatabaseUnavailable, OutcomeUnknown, sqlstate
 from chalicelib.logs import logger
 from chalicelib.mcp import Forbidden, NotFound, Registry, Tool, ToolCall, ToolError, ToolResult
-from chalicelib.mcp.errors import Unauthenticated
+from chalicelib.mcp.errors import InvalidArguments, Unauthenticated
 from chalicelib.tools.access import USER_ID_SCHEMA, UUID_PATTERN
 from chalicelib.tools.records import jsonable
 
 if TYPE_CHECKING:
-    from chalicelib.upstream import UpstreamError
+    from chalicelib.upstream import CompletionRequest, Reply, UpstreamError, Usage
 
 MODEL_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$"}
+TEXT = {"type": "string", "maxLength": 500_000}
+# An image or a file sent inline rides in the request: data URLs up to the request limit.
+INLINE_DATA = {"type": "string", "maxLength": 8_000_000}
+FUNCTION_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+PART = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["text", "image_url", "file"]},
+        "text": TEXT,
+        "image_url": {
+            "type": "object",
+            "properties": {
+                "url": {**INLINE_DATA, "description": "An https URL, or a data:image/...;base64 URL."},
+                "detail": {"type": "string", "enum": ["auto", "low", "high"]},
+            },
+            "required": ["url"],
+            "additionalProperties": False,
+        },
+        "file": {
+            "type": "object",
+            "properties": {
+                "file_url": {"type": "string", "maxLength": 4096, "description": "An https URL (Responses API only)."},
+                "file_data": {**INLINE_DATA, "description": "A data:<type>;base64,... URL (a PDF or a text file)."},
+                "filename": {"type": "string", "minLength": 1, "maxLength": 255},
+            },
+            "additionalProperties": False,
+        },
+    },
+    "required": ["type"],
+    "additionalProperties": False,
+}
+TOOL_CALL = {
+    "type": "object",
+    "description": "A call the model made: {id, type, function: {name, arguments}}, or {id, name, arguments}.",
+    "properties": {
+        "id": {"type": "string", "minLength": 1, "maxLength": 200},
+        "type": {"type": "string", "enum": ["function"]},
+        "function": {
+            "type": "object",
+            "properties": {"name": FUNCTION_NAME, "arguments": {"type": "string", "maxLength": 500_000}},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        },
+        "name": FUNCTION_NAME,
+        "arguments": {"type": "string", "maxLength": 500_000},
+    },
+    "required": ["id"],
+    "additionalProperties": False,
+}
 MESSAGE = {
     "type": "object",
     "properties": {
-        "role": {"type": "string", "enum": ["system", "user", "assistant"]},
-        "content": {"type": "string", "maxLength": 500_000},
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {
+            "anyOf": [TEXT, {"type": "array", "items": PART, "minItems": 1, "maxItems": 100}, {"type": "null"}],
+            "description": "Text, or (user messages) a list of parts: text, image_url, file.",
+        },
+        "tool_calls": {"type": "array", "items": TOOL_CALL, "minItems": 1, "maxItems": 128},
+        "tool_call_id": {"type": "string", "minLength": 1, "maxLength": 200},
     },
-    "required": ["role", "content"],
+    "required": ["role"],
     "additionalProperties": False,
 }
+REASONING_EFFORT = {"type": "string", "enum": ["none", "minimal", "low", "medium", "high", "xhigh"]}
+VERBOSITY = {"type": "string", "enum": ["low", "medium", "high"]}
+REASONING_SUMMARY = {"type": "string", "enum": ["auto", "concise", "detailed"]}
+SERVICE_TIER = {"type": "string", "enum": ["auto", "default", "flex", "priority"]}
+SEARCH_CONTEXT = {"type": "string", "enum": ["low", "medium", "high"]}
 INPUT_SCHEMA = {
     "type": "object",
     "properties": {
         "messages": {"type": "array", "items": MESSAGE, "minItems": 1, "maxItems": 500},
-        "model": {**MODEL_NAME, "description": "OpenAI model, e.g. gpt-4o-mini (default: config, then server)."},
+        "model": {**MODEL_NAME, "description": "OpenAI model, e.g. gpt-5.4-mini (default: config, then server)."},
         "max_tokens": {"type": "integer", "minimum": 1, "maximum": 200_000},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "reasoning_effort": {**REASONING_EFFORT, "description": "How hard a reasoning model thinks."},
+        "verbosity": {**VERBOSITY, "description": "How long the answer of a GPT-5 family model is."},
+        "reasoning_summary": {
+            **REASONING_SUMMARY,
+            "description": "Return a summary of the model's reasoning as reasoning_summary (Responses API).",
+        },
+        "response_format": {
+            "type": "object",
+            "description": (
+                'Structured output: {"type": "json_schema", "json_schema": {"name", "schema", "strict"}} or '
+                '{"type": "json_object"}. The parsed value comes back as parsed.'
+            ),
+            "properties": {
+                "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
+                "json_schema": {
+                    "type": "object",
+                    "properties": {
+                        "name": FUNCTION_NAME,
+                        "description": {"type": "string", "maxLength": 10_000},
+                        "schema": {"type": "object"},
+                        "strict": {"type": "boolean"},
+                    },
+                    "required": ["name", "schema"],
+                    "additionalProperties": False,
+                },
+            },
+            "required": ["type"],
+            "additionalProperties": False,
+        },
+        "tools": {
+            "type": "array",
+            "maxItems": 128,
+            "description": "Function tools, in the Chat Completions shape; calls come back as tool_calls.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["function"]},
+                    "function": {
+                        "type": "object",
+                        "properties": {
+                            "name": FUNCTION_NAME,
+                            "description": {"type": "string", "maxLength": 10_000},
+                            "parameters": {"type": "object"},
+                            "strict": {"type": "boolean"},
+                        },
+                        "required": ["name"],
+                        "additionalProperties": False,
+                    },
+                },
+                "required": ["type", "function"],
+                "additionalProperties": False,
+            },
+        },
+        "tool_choice": {
+            "anyOf": [
+                {"type": "string", "enum": ["none", "auto", "required"]},
+                {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string", "enum": ["function"]},
+                        "function": {
+                            "type": "object",
+                            "properties": {"name": FUNCTION_NAME},
+                            "required": ["name"],
+                            "additionalProperties": False,
+                        },
+                    },
+                    "required": ["type", "function"],
+                    "additionalProperties": False,
+                },
+            ]
+        },
+        "web_search": {
+            "anyOf": [
+                {"type": "boolean"},
+                {
+                    "type": "object",
+                    "properties": {"search_context_size": SEARCH_CONTEXT},
+                    "additionalProperties": False,
+                },
+            ],
+            "description": "OpenAI's web search (Responses API): sources come back as citations; searches are billed.",
+        },
+        "stop": {
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": 1000},
+                {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 1000}, "maxItems": 4},
+            ],
+            "description": "Stop sequences (Chat Completions only).",
+        },
+        "seed": {"type": "integer", "description": "Best-effort determinism (Chat Completions only)."},
+        "service_tier": {**SERVICE_TIER, "description": "flex: cheaper and slower; priority: faster, dearer."},
         "session_id": {
             "type": "string",
             "pattern": UUID_PATTERN,
@@ -84,12 +237,33 @@ OUTPUT_SCHEMA = {
                 "completion_tokens": TOKENS,
                 "cached_tokens": TOKENS,
                 "reasoning_tokens": TOKENS,
+                "cache_write_tokens": TOKENS,
+                "web_search_calls": TOKENS,
                 "total_tokens": TOKENS,
                 "estimated": {"type": "boolean"},
             },
             "required": ["prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens"],
         },
         "cost_usd": {"type": ["number", "null"], "description": "As the database computed it; null if unpriced."},
+        "service_tier": {"type": ["string", "null"], "description": "The tier that served the call, and priced it."},
+        "parsed": {"description": "With response_format: the reply parsed as JSON."},
+        "tool_calls": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "arguments": {"type": "string"}},
+                "required": ["id", "name", "arguments"],
+            },
+        },
+        "citations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"url": {"type": "string"}, "title": {"type": "string"}},
+                "required": ["url", "title"],
+            },
+        },
+        "reasoning_summary": {"type": "string"},
         "session_id": {"type": ["string", "null"]},
         "message_ids": {"type": "array", "items": {"type": "integer"}},
         "latency_ms": {"type": "integer"},
@@ -120,6 +294,14 @@ TURN_OUTPUT_SCHEMA = {
     },
     "required": ["turn_id", "session_id", "message_ids", "usage_only", "reply"],
 }
+# Settings a call may give, over its model config's.
+_SETTINGS = ("temperature", "top_p", "reasoning_effort", "verbosity", "reasoning_summary", "service_tier")
+# Under a budget, web searches per call (each is billed), sent as max_tool_calls and reserved for.
+LIMITED_TOOL_CALLS = 5
+# Prompt tokens reserved, under a limit, per image (a high-detail image of the GPT-5 family takes up to
+# about 1,600 patches; this bounds that with room) and per file given by URL (its size is unknown here).
+IMAGE_TOKEN_BOUND = 6_000
+FILE_TOKEN_BOUND = 100_000
 # Attempts at recording a turn. Safe to repeat: record_completion is idempotent per turn.
 RECORD_ATTEMPTS = 3
 # Failures that leave nothing written and may pass: a lock or statement timeout, a serialisation failure, a deadlock.
@@ -143,10 +325,59 @@ _PREPARE_ERRORS: dict[str, Callable[[dict[str, Any], dict[str, Any]], ToolError]
         'No OpenAI API key: store yours with chitty_api_key_set {"api_key": "sk-..."}, '
         "or ask the operator to set OPENAI_API_KEY on the server."
     ),
+    "model_retired": lambda args, prepared: ToolError(
+        f"Model {prepared['model']!r} was retired by OpenAI on {prepared['shutdown_on']}: "
+        + (
+            f"use {prepared['successor']!r}, its successor."
+            if prepared.get("successor")
+            else "choose a current model (chitty_models_list)."
+        ),
+        data={
+            "model": prepared["model"],
+            "shutdown_on": prepared["shutdown_on"],
+            "successor": prepared.get("successor"),
+        },
+    ),
+    "needs_responses": lambda args, prepared: ToolError(
+        (
+            f"Model {prepared['model']!r} is served only through OpenAI's Responses API"
+            if prepared["parameter"] == "model"
+            else f"{prepared['parameter']}{_from_config(prepared)} needs OpenAI's Responses API"
+        )
+        + ", and this server's upstream speaks Chat Completions (CHITTY_UPSTREAM_API). Nothing was sent.",
+        data={"parameter": prepared["parameter"], "model": prepared["model"]},
+    ),
+    "unsupported_parameter": lambda args, prepared: ToolError(
+        f"{prepared['parameter']}{_from_config(prepared)} is not supported by {prepared['model']!r}, "
+        + (
+            "a reasoning model: leave it out, or set reasoning_effort none where the model accepts it."
+            if prepared["reasoning"]
+            else "which is not a reasoning model: leave it out."
+        )
+        + " Nothing was sent.",
+        data={"parameter": prepared["parameter"], "model": prepared["model"]},
+    ),
+    "unsupported_value": lambda args, prepared: ToolError(
+        f"{prepared['parameter']} {prepared['value']!r}{_from_config(prepared)} is not accepted by "
+        f"{prepared['model']!r}; it accepts {', '.join(prepared['accepted'])}. Nothing was sent.",
+        data={"parameter": prepared["parameter"], "model": prepared["model"], "accepted": prepared["accepted"]},
+    ),
+    "unsupported_input": lambda args, prepared: ToolError(
+        f"Model {prepared['model']!r} does not accept {_INPUT_NAMES[prepared['what']]}; choose a model that does "
+        "(chitty_models_list shows what each accepts). Nothing was sent.",
+        data={"input": prepared["what"], "model": prepared["model"]},
+    ),
     "unpriced_model": lambda args, prepared: ToolError(
         f"Model {prepared.get('model')!r} has no price, and a budget applies to you: spend on it cannot be "
         "bounded. Ask an admin to set its price (pricing set), or choose a priced model (chitty_models_list)."
     ),
+}
+_INPUT_NAMES = {
+    "images": "images",
+    "files": "files",
+    "tools": "function tools",
+    "response_format": "a JSON schema response_format",
+    "web_search": "web search",
 }
 _LIMIT_NAMES = {
     "monthly_budget_usd": "Monthly budget",
@@ -224,11 +455,12 @@ def _api_key(prepared: dict[str, Any]) -> tuple[str, str | None]:
 
 def register(registry: Registry, db: Database) -> None:
     """Add chatgpt_complete and chatgpt_stream to the registry."""
-    from chalicelib.upstream import CompletionRequest, Upstream, UpstreamError
+    from chalicelib.upstream import Upstream, UpstreamError
 
     settings = get_settings()
     upstream = Upstream(
         base_url=settings.openai_base_url,
+        api=settings.upstream_api,
         attempt_timeout=settings.upstream_attempt_timeout,
         deadline=settings.upstream_timeout,
         max_attempts=settings.upstream_attempts,
@@ -238,6 +470,12 @@ def register(registry: Registry, db: Database) -> None:
         {
             "default_model": settings.default_model,
             "limited_max_tokens": settings.limited_max_tokens,
+            "limited_max_tokens_reasoning": settings.limited_max_tokens_reasoning,
+            "limited_tool_calls": LIMITED_TOOL_CALLS,
+            "image_token_bound": IMAGE_TOKEN_BOUND,
+            "file_token_bound": FILE_TOKEN_BOUND,
+            "api": settings.upstream_api,
+            "official_openai": settings.official_openai,
             "reservation_seconds": int(settings.upstream_timeout) + 60,
             "server_key": settings.openai_api_key is not None,
             # Lock waits end on the server before the client's own timeout would take them for a lost connection.
@@ -250,6 +488,14 @@ def register(registry: Registry, db: Database) -> None:
         credential = call.principal
         assert isinstance(credential, auth.Credential)
         args = call.arguments
+        messages = [_checked_message(message, index) for index, message in enumerate(args["messages"])]
+        for name in ("stop", "seed"):
+            if name in args and settings.upstream_api == "responses":
+                raise InvalidArguments(
+                    f"{name} exists only in Chat Completions, and this server speaks OpenAI's Responses API; "
+                    "leave it out. Nothing was sent.",
+                    data={"field": name},
+                )
         turn_id = str(uuid.uuid4())
         row = db.one(
             "prepare_completion",
@@ -261,7 +507,8 @@ def register(registry: Registry, db: Database) -> None:
             turn_id=turn_id,
             model=args.get("model"),
             max_tokens=args.get("max_tokens"),
-            messages=json.dumps(args["messages"]),
+            messages=json.dumps(messages),
+            options=json.dumps(_options(args, messages)),
             settings=limits,
         )
         prepared: dict[str, Any] = row["prepared"] if row else {"error": "unauthenticated"}
@@ -276,15 +523,7 @@ def register(registry: Registry, db: Database) -> None:
         if error:
             raise _PREPARE_ERRORS[error](args, prepared)
         session = prepared.get("session")
-        config = prepared.get("config") or {}
-        # The message list prepare_completion built and reserved for, sent as it is.
-        request = CompletionRequest(
-            model=prepared["model"],
-            messages=prepared["messages"],
-            max_tokens=prepared.get("max_tokens"),
-            temperature=args.get("temperature", _number(config.get("temperature"))),
-            top_p=args.get("top_p", _number(config.get("top_p"))),
-        )
+        request = _request(args, prepared)
         streamed = [0]
 
         def on_delta(delta: str) -> None:
@@ -294,19 +533,18 @@ def register(registry: Registry, db: Database) -> None:
         # From here on the turn is recorded whatever happens: that also settles its reservation.
         failure: UpstreamError | ToolError | None = None
         api_key_id: str | None = None
+        reply = None
         try:
             api_key, api_key_id = _api_key(prepared)
             reply = upstream.complete(api_key, request, stream=stream, on_delta=on_delta)
             outcome: dict[str, Any] = {
                 "status": "ok",
                 "content": reply.content,
+                "tool_calls": [_wire_call(tool_call) for tool_call in reply.tool_calls] or None,
                 "model": reply.model,
                 "finish_reason": reply.finish_reason,
-                "prompt_tokens": reply.usage.prompt_tokens,
-                "completion_tokens": reply.usage.completion_tokens,
-                "cached_tokens": reply.usage.cached_tokens,
-                "reasoning_tokens": reply.usage.reasoning_tokens,
-                "usage_estimated": reply.usage.estimated,
+                "service_tier": reply.service_tier,
+                **_usage_fields(reply.usage),
                 "latency_ms": reply.latency_ms,
                 "upstream_request_id": reply.request_id,
             }
@@ -321,13 +559,7 @@ def register(registry: Registry, db: Database) -> None:
             }
             if error.usage is not None:
                 # The upstream began answering: what went out and what came back is billed.
-                outcome.update(
-                    prompt_tokens=error.usage.prompt_tokens,
-                    completion_tokens=error.usage.completion_tokens,
-                    cached_tokens=error.usage.cached_tokens,
-                    reasoning_tokens=error.usage.reasoning_tokens,
-                    usage_estimated=error.usage.estimated,
-                )
+                outcome.update(_usage_fields(error.usage))
         except ToolError as error:
             failure = error
             outcome = {"status": "error", "model": request.model, "error": error.message, "latency_ms": 0}
@@ -338,8 +570,8 @@ def register(registry: Registry, db: Database) -> None:
             session_id=session["id"] if session else None,
             turn_id=turn_id,
             # Only a session stores what was said; a one-off call sends just its usage.
-            messages=json.dumps(args["messages"]) if session else "[]",
-            reply=json.dumps(outcome if session else {**outcome, "content": None}),
+            messages=json.dumps(messages) if session else "[]",
+            reply=json.dumps(outcome if session else {**outcome, "content": None, "tool_calls": None}),
             api_key_id=api_key_id,
             settings=limits,
         )
@@ -352,37 +584,61 @@ def register(registry: Registry, db: Database) -> None:
             telemetry.completion(call.name, outcome["model"], outcome, recorded["reply"].get("cost_usd"))
         ]
         notices = _notices(recorded, how, sanitized, session is not None)
+        cost = jsonable(recorded["reply"]["cost_usd"])
         if failure is not None:
             data: dict[str, Any] = {"upstream_status": failure.status, "turn_id": turn_id}
             if failure.retry_after is not None:
                 data["retry_after_s"] = round(failure.retry_after, 3)
             if outcome.get("prompt_tokens") or outcome.get("completion_tokens"):
                 data["billed_tokens"] = outcome["prompt_tokens"] + outcome["completion_tokens"]
-                data["cost_usd"] = jsonable(recorded["reply"]["cost_usd"])
+                data["cost_usd"] = cost
             raise ToolError(" ".join([failure.message, *notices]), data=data)
-        usage = {
-            "prompt_tokens": outcome["prompt_tokens"],
-            "completion_tokens": outcome["completion_tokens"],
-            "cached_tokens": outcome["cached_tokens"],
-            "reasoning_tokens": outcome["reasoning_tokens"],
-            "total_tokens": outcome["prompt_tokens"] + outcome["completion_tokens"],
-            "estimated": outcome["usage_estimated"],
-        }
-        structured = {
+        assert reply is not None
+        structured: dict[str, Any] = {
             "content": outcome["content"],
             "model": outcome["model"],
             "finish_reason": outcome["finish_reason"],
-            "usage": usage,
-            "cost_usd": jsonable(recorded["reply"]["cost_usd"]),
+            "usage": {
+                "prompt_tokens": outcome["prompt_tokens"],
+                "completion_tokens": outcome["completion_tokens"],
+                "cached_tokens": outcome["cached_tokens"],
+                "reasoning_tokens": outcome["reasoning_tokens"],
+                "cache_write_tokens": outcome["cache_write_tokens"],
+                "web_search_calls": outcome["web_search_calls"],
+                "total_tokens": outcome["prompt_tokens"] + outcome["completion_tokens"],
+                "estimated": outcome["usage_estimated"],
+            },
+            "cost_usd": cost,
+            "service_tier": outcome["service_tier"],
             "session_id": session["id"] if session and not recorded.get("usage_only") else None,
             "message_ids": recorded["message_ids"],
             "latency_ms": outcome["latency_ms"],
             "turn_id": turn_id,
             "recorded": "usage_only" if recorded.get("usage_only") else "turn",
         }
+        if reply.tool_calls:
+            structured["tool_calls"] = [dict(tool_call) for tool_call in reply.tool_calls]
+        if reply.citations:
+            structured["citations"] = [dict(citation) for citation in reply.citations]
+        if reply.reasoning_summary:
+            structured["reasoning_summary"] = reply.reasoning_summary
+        if (
+            request.response_format is not None
+            and request.response_format.get("type") != "text"
+            and not reply.tool_calls
+        ):
+            try:
+                structured["parsed"] = json.loads(outcome["content"])
+            except ValueError:
+                raise ToolError(
+                    f"The model's reply is not the JSON that response_format asked for (finish_reason "
+                    f"{outcome['finish_reason']}); the turn was recorded and billed. The reply was:\n\n"
+                    f"{outcome['content']}",
+                    data={"turn_id": turn_id, "cost_usd": cost, "finish_reason": outcome["finish_reason"]},
+                ) from None
         if notices:
             structured["notice"] = " ".join(notices)
-        return ToolResult(structured=structured, text=outcome["content"])
+        return ToolResult(structured=structured, text=_answer_text(reply, outcome, request.max_tokens))
 
     def get_turn(call: ToolCall) -> dict[str, Any]:
         principal = call.principal
@@ -446,6 +702,186 @@ def register(registry: Registry, db: Database) -> None:
     )
 
 
+def _from_config(prepared: dict[str, Any]) -> str:
+    return (
+        f" (from model config {prepared['config']!r})" if prepared.get("from_config") and prepared.get("config") else ""
+    )
+
+
+def _invalid(index: int, text: str) -> InvalidArguments:
+    return InvalidArguments(f"messages[{index}]: {text}", data={"field": f"messages[{index}]"})
+
+
+def _checked_message(message: dict[str, Any], index: int) -> dict[str, Any]:
+    """A message that OpenAI can take, with its tool calls in the Chat Completions shape; else a clear error."""
+    role, content = message["role"], message.get("content")
+    if "tool_call_id" in message and role != "tool":
+        raise _invalid(index, "tool_call_id belongs to a tool message (role tool).")
+    if "tool_calls" in message and role != "assistant":
+        raise _invalid(index, "tool_calls belong to an assistant message.")
+    checked: dict[str, Any] = {"role": role}
+    if role == "tool":
+        if "tool_call_id" not in message or not isinstance(content, str):
+            raise _invalid(index, "a tool message needs tool_call_id (the call it answers) and its result as text.")
+        checked["tool_call_id"] = message["tool_call_id"]
+    elif role == "assistant" and content is None and "tool_calls" not in message:
+        raise _invalid(index, "an assistant message needs content or tool_calls.")
+    elif role != "assistant" and content is None:
+        raise _invalid(index, f"a {role} message needs content.")
+    if isinstance(content, list):
+        for number, part in enumerate(content):
+            _check_part(part, role, f"messages[{index}].content[{number}]")
+    if content is not None:
+        checked["content"] = content
+    if "tool_calls" in message:
+        checked["tool_calls"] = [_chat_call(tool_call, index) for tool_call in message["tool_calls"]]
+    return checked
+
+
+def _check_part(part: dict[str, Any], role: str, where: str) -> None:
+    kind = part["type"]
+    if set(part) != {"type", kind}:
+        raise InvalidArguments(f"{where}: a {kind} part holds type and {kind}, nothing else.", data={"field": where})
+    if kind != "text" and role != "user":
+        raise InvalidArguments(f"{where}: images and files go in user messages.", data={"field": where})
+    if kind == "image_url" and not part["image_url"]["url"].startswith(("https://", "data:image/")):
+        raise InvalidArguments(
+            f"{where}: an image is an https URL or a data:image/...;base64 URL.", data={"field": where}
+        )
+    if kind == "file":
+        file = part["file"]
+        if ("file_url" in file) == ("file_data" in file):
+            raise InvalidArguments(f"{where}: a file has either file_url or file_data.", data={"field": where})
+        if "file_url" in file and not file["file_url"].startswith("https://"):
+            raise InvalidArguments(f"{where}: file_url must be an https URL.", data={"field": where})
+        if "file_data" in file and (not file["file_data"].startswith("data:") or ";base64," not in file["file_data"]):
+            raise InvalidArguments(f"{where}: file_data is a data:<type>;base64,... URL.", data={"field": where})
+        if "file_data" in file and "filename" not in file:
+            raise InvalidArguments(f"{where}: a file sent as file_data needs its filename.", data={"field": where})
+
+
+def _chat_call(tool_call: dict[str, Any], index: int) -> dict[str, Any]:
+    """A tool call as Chat Completions writes it, from that shape or from this tool's {id, name, arguments}."""
+    function = tool_call.get("function") or {}
+    name = function.get("name", tool_call.get("name"))
+    arguments = function.get("arguments", tool_call.get("arguments"))
+    if (
+        name is None
+        or arguments is None
+        or ("function" in tool_call and ("name" in tool_call or "arguments" in tool_call))
+    ):
+        raise _invalid(
+            index, "each tool call is {id, type: function, function: {name, arguments}} or {id, name, arguments}."
+        )
+    return {"id": tool_call["id"], "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _wire_call(tool_call: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": tool_call["id"],
+        "type": "function",
+        "function": {"name": tool_call["name"], "arguments": tool_call["arguments"]},
+    }
+
+
+def _options(args: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """What prepare_completion needs to know of the call: its explicit settings (merged over its model
+    config's there), what its messages and arguments hold, and the bytes its tools and schema add."""
+    settings = {name: args[name] for name in _SETTINGS if name in args}
+    if "web_search" in args:
+        search = args["web_search"]
+        settings["web_search"] = (
+            None
+            if search is False
+            else (search.get("search_context_size", "medium") if isinstance(search, dict) else "medium")
+        )
+    parts = [part for message in messages if isinstance(message.get("content"), list) for part in message["content"]]
+    files = [part["file"] for part in parts if part["type"] == "file"]
+    extra = sum(
+        len(json.dumps(args[name]).encode()) for name in ("tools", "response_format", "tool_choice") if name in args
+    )
+    return {
+        "settings": settings,
+        "features": {
+            "images": sum(part["type"] == "image_url" for part in parts),
+            "files": len(files),
+            "file_urls": sum("file_url" in file for file in files),
+            "tools": bool(args.get("tools")),
+            "format": (args.get("response_format") or {}).get("type"),
+        },
+        "extra_bytes": extra,
+    }
+
+
+def _request(args: dict[str, Any], prepared: dict[str, Any]) -> CompletionRequest:
+    """The one request object both wire formats send: prepare_completion's messages and merged settings."""
+    from chalicelib.upstream import CompletionRequest
+
+    options = prepared["options"]
+    return CompletionRequest(
+        model=prepared["model"],
+        messages=prepared["messages"],
+        max_tokens=prepared.get("max_tokens"),
+        temperature=_number(options.get("temperature")),
+        top_p=_number(options.get("top_p")),
+        reasoning_effort=options.get("reasoning_effort"),
+        verbosity=options.get("verbosity"),
+        reasoning_summary=options.get("reasoning_summary"),
+        service_tier=options.get("service_tier"),
+        web_search=options.get("web_search"),
+        response_format=args.get("response_format"),
+        tools=args.get("tools"),
+        tool_choice=args.get("tool_choice"),
+        stop=args.get("stop"),
+        seed=args.get("seed"),
+        safety_identifier=safety_identifier(prepared["user_id"]),
+        max_tool_calls=prepared.get("max_tool_calls"),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _safety_key() -> bytes:
+    settings = get_settings()
+    secret = settings.secret("CHITTY_SAFETY_SECRET") or settings.encryption_key or settings.kms_key_id or ""
+    return hashlib.sha256(b"chitty safety identifier\x00" + secret.encode()).digest()
+
+
+def safety_identifier(user_id: str) -> str:
+    """The stable pseudonym OpenAI gets for a user: a keyed hash of the user id, never the id itself."""
+    return "chitty-" + hmac.new(_safety_key(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _usage_fields(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "web_search_calls": usage.web_search_calls,
+        "usage_estimated": usage.estimated,
+    }
+
+
+def _answer_text(reply: Reply, outcome: dict[str, Any], max_tokens: int | None) -> str:
+    """The answer as a client shows it: the text, the calls the model made, a cut-off said plainly, the sources."""
+    lines = [reply.content] if reply.content else []
+    lines.extend(f"Tool call {call['id']}: {call['name']}({call['arguments']})" for call in reply.tool_calls)
+    if reply.finish_reason == "length":
+        limit = f" ({max_tokens} tokens)" if max_tokens else ""
+        if not lines:
+            lines.append(
+                f"No answer: the model reached its output limit{limit} before writing any text; "
+                f"{outcome['reasoning_tokens']} of its {outcome['completion_tokens']} output tokens went to "
+                "reasoning. Ask again with a larger max_tokens or a lower reasoning_effort."
+            )
+        else:
+            lines.append(f"[The answer was cut off at the output limit{limit}.]")
+    if reply.citations:
+        lines.append("Sources:\n" + "\n".join(f"- {c['title'] or c['url']}: {c['url']}" for c in reply.citations))
+    return "\n\n".join(lines)
+
+
 def _plain(amount: Any) -> str:
     """A number as plain decimal text (no exponent), as users read money."""
     return format(Decimal(str(amount)).normalize(), "f")
@@ -459,11 +895,16 @@ def _storable(outcome: dict[str, Any]) -> bool:
     """Replace, in place, what PostgreSQL cannot hold in the upstream's text (NUL, lone surrogates) with
     U+FFFD; True when anything was."""
     changed = False
-    for key in ("content", "model", "finish_reason", "error", "upstream_request_id"):
+    for key in ("content", "model", "finish_reason", "error", "upstream_request_id", "service_tier"):
         value = outcome.get(key)
         if isinstance(value, str) and _UNSTORABLE.search(value):
             outcome[key] = _UNSTORABLE.sub("\ufffd", value)
             changed = True
+    for tool_call in outcome.get("tool_calls") or []:
+        for holder, key in ((tool_call, "id"), (tool_call["function"], "name"), (tool_call["function"], "arguments")):
+            if _UNSTORABLE.search(holder[key]):
+                holder[key] = _UNSTORABLE.sub("\ufffd", holder[key])
+                changed = True
     return changed
 
 

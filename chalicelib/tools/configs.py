@@ -17,7 +17,14 @@ from pg8000.exceptions import DatabaseError
 from chalicelib.db import Database, sqlstate
 from chalicelib.mcp import NotFound, Registry, Tool, ToolCall, ToolError
 from chalicelib.tools.access import USER_ID_SCHEMA, acting_user
-from chalicelib.tools.chat import MODEL_NAME
+from chalicelib.tools.chat import (
+    MODEL_NAME,
+    REASONING_EFFORT,
+    REASONING_SUMMARY,
+    SEARCH_CONTEXT,
+    SERVICE_TIER,
+    VERBOSITY,
+)
 from chalicelib.tools.limits import limit_defaults, quota_error
 from chalicelib.tools.records import (
     NEXT_CURSOR,
@@ -40,7 +47,7 @@ CONFIG_NAME: dict[str, Any] = {
 SETTINGS: dict[str, dict[str, Any]] = {
     "model": {
         **MODEL_NAME,
-        "description": "OpenAI model name, e.g. gpt-4o-mini (letters, digits and . _ : / -).",
+        "description": "OpenAI model name, e.g. gpt-5.4-mini (letters, digits and . _ : / -).",
     },
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
     "top_p": {"type": "number", "minimum": 0, "maximum": 1},
@@ -51,8 +58,31 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "maxLength": 100_000,
         "description": "Sent first in completions whose session has no system prompt of its own.",
     },
+    "reasoning_effort": {**REASONING_EFFORT, "description": "How hard a reasoning model thinks."},
+    "verbosity": {**VERBOSITY, "description": "How long the answer of a GPT-5 family model is."},
+    "reasoning_summary": {**REASONING_SUMMARY, "description": "Return a summary of the reasoning (Responses API)."},
+    "service_tier": {**SERVICE_TIER, "description": "flex: cheaper and slower; priority: faster, dearer."},
+    "web_search": {
+        "type": ["boolean", "string"],
+        "enum": [True, False, *SEARCH_CONTEXT["enum"]],
+        "description": (
+            "OpenAI's web search (Responses API, each search billed): a search context size (low, medium, high); "
+            "true means medium, false none."
+        ),
+    },
 }
-OPTIONAL_SETTINGS = ("temperature", "top_p", "max_tokens", "system_prompt")
+OPTIONAL_SETTINGS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "system_prompt",
+    "reasoning_effort",
+    "verbosity",
+    "reasoning_summary",
+    "service_tier",
+    "web_search",
+)
+STRING_OR_NULL = {"type": ["string", "null"]}
 NUMBER_OR_NULL = {"type": ["number", "null"]}
 CONFIG = {
     "type": "object",
@@ -63,11 +93,53 @@ CONFIG = {
         "temperature": NUMBER_OR_NULL,
         "top_p": NUMBER_OR_NULL,
         "max_tokens": {"type": ["integer", "null"]},
-        "system_prompt": {"type": ["string", "null"]},
+        "system_prompt": STRING_OR_NULL,
+        "reasoning_effort": STRING_OR_NULL,
+        "verbosity": STRING_OR_NULL,
+        "reasoning_summary": STRING_OR_NULL,
+        "service_tier": STRING_OR_NULL,
+        "web_search": {**STRING_OR_NULL, "description": "The search context size; null: no web search."},
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
     },
-    "required": ["name", "user_id", "model", "temperature", "top_p", "max_tokens", "system_prompt"],
+    "required": ["name", "user_id", "model", *OPTIONAL_SETTINGS],
+}
+RATES: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "input_per_mtok": {"type": "number"},
+        "cached_input_per_mtok": {"type": "number"},
+        "cache_write_per_mtok": {"type": "number"},
+        "output_per_mtok": {"type": "number"},
+    },
+    "required": ["input_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok", "output_per_mtok"],
+}
+LONG_CONTEXT = {
+    **RATES,
+    "type": ["object", "null"],
+    "description": "The rates of the whole call when the prompt exceeds above_tokens; null: no such tier.",
+    "properties": {**RATES["properties"], "above_tokens": {"type": "integer"}},
+}
+TIER = {
+    **RATES,
+    "properties": {**RATES["properties"], "long_context": {**RATES, "type": ["object", "null"]}},
+}
+CAPABILITIES = {
+    "type": ["object", "null"],
+    "description": "What the model can do, from the catalogue; null: not in the catalogue.",
+    "properties": {
+        "reasoning": {"type": "boolean"},
+        "efforts": {"type": "array", "items": {"type": "string"}, "description": "Accepted reasoning_effort values."},
+        "default_effort": STRING_OR_NULL,
+        "vision": {"type": "boolean"},
+        "pdf": {"type": "boolean"},
+        "function_calling": {"type": "boolean"},
+        "structured_output": {"type": "boolean"},
+        "web_search": {"type": "boolean"},
+        "context_window": {"type": ["integer", "null"]},
+        "max_output": {"type": ["integer", "null"]},
+        "apis": {"type": "array", "items": {"type": "string", "enum": ["chat", "responses"]}},
+    },
 }
 MODEL = {
     "type": "object",
@@ -76,12 +148,48 @@ MODEL = {
         "priced": {"type": "boolean", "description": "false: no price is known, completions record no cost."},
         "input_per_mtok": NUMBER_OR_NULL,
         "cached_input_per_mtok": NUMBER_OR_NULL,
+        "cache_write_per_mtok": NUMBER_OR_NULL,
         "output_per_mtok": NUMBER_OR_NULL,
+        "long_context": LONG_CONTEXT,
+        "tiers": {
+            "type": "object",
+            "description": "Rates at the flex, priority and ultrafast service tiers, where the model has them.",
+            "additionalProperties": TIER,
+        },
+        "web_search_per_call": {
+            "type": ["object", "null"],
+            "description": "USD per web search call by search context size (a call is billed at medium).",
+            "properties": {size: NUMBER_OR_NULL for size in ("low", "medium", "high")},
+        },
         "effective_from": {"type": ["string", "null"], "format": "date-time"},
+        "capabilities": CAPABILITIES,
+        "shutdown_on": {"type": ["string", "null"], "format": "date"},
+        "successor": STRING_OR_NULL,
+        "retired": {"type": "boolean", "description": "Past its shutdown date: OpenAI no longer serves it."},
         "has_config": {"type": "boolean"},
         "config_names": {"type": "array", "items": {"type": "string"}},
     },
-    "required": ["model", "priced", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "config_names"],
+    "required": [
+        "model",
+        "priced",
+        "input_per_mtok",
+        "cached_input_per_mtok",
+        "cache_write_per_mtok",
+        "output_per_mtok",
+        "long_context",
+        "tiers",
+        "web_search_per_call",
+        "capabilities",
+        "shutdown_on",
+        "successor",
+        "retired",
+        "config_names",
+    ],
+}
+ALIAS = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "model": {"type": "string"}},
+    "required": ["name", "model"],
 }
 
 
@@ -112,14 +220,57 @@ def config_record(row: dict[str, Any]) -> dict[str, Any]:
             "top_p": row["top_p"],
             "max_tokens": row["max_tokens"],
             "system_prompt": row["system_prompt"],
+            "reasoning_effort": row["reasoning_effort"],
+            "verbosity": row["verbosity"],
+            "reasoning_summary": row["reasoning_summary"],
+            "service_tier": row["service_tier"],
+            "web_search": row["web_search"],
             "created_at": row["created_at"],
             "updated_at": row["updated_at"],
         }
     )
 
 
+def model_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of models_with_prices as chitty_models_list shows it."""
+    rates = row["rates"] or {}
+    info = row["info"] or {}
+    return jsonable(
+        {
+            "model": row["model"],
+            "priced": row["input_per_mtok"] is not None,
+            "input_per_mtok": row["input_per_mtok"],
+            "cached_input_per_mtok": row["cached_input_per_mtok"],
+            "cache_write_per_mtok": rates.get("cache_write_per_mtok"),
+            "output_per_mtok": row["output_per_mtok"],
+            "long_context": rates.get("long_context"),
+            "tiers": rates.get("tiers", {}),
+            "web_search_per_call": rates.get("web_search_per_call"),
+            "effective_from": row["effective_from"],
+            "capabilities": {key: info[key] for key in CAPABILITIES["properties"]} if info else None,
+            "shutdown_on": info.get("shutdown_on"),
+            "successor": info.get("successor"),
+            "retired": bool(info.get("retired")),
+            "has_config": bool(row["config_names"]),
+            "config_names": row["config_names"],
+        }
+    )
+
+
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "type": [schema["type"], "null"]}
+    """The schema, or null (which clears an optional field)."""
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    nullable = {**schema, "type": [*types, "null"]}
+    if "enum" in schema:
+        nullable["enum"] = [*schema["enum"], None]
+    return nullable
+
+
+def search_context(value: bool | str | None) -> str | None:
+    """web_search as stored: a search context size, or NULL for none (true means medium)."""
+    if value is True:
+        return "medium"
+    return value or None
 
 
 def register(registry: Registry, db: Database) -> None:
@@ -143,6 +294,11 @@ def register(registry: Registry, db: Database) -> None:
                 top_p=args.get("top_p"),
                 max_tokens=args.get("max_tokens"),
                 system_prompt=args.get("system_prompt"),
+                reasoning_effort=args.get("reasoning_effort"),
+                verbosity=args.get("verbosity"),
+                reasoning_summary=args.get("reasoning_summary"),
+                service_tier=args.get("service_tier"),
+                web_search=search_context(args.get("web_search")),
                 defaults=defaults,
             )
         assert row is not None
@@ -166,6 +322,8 @@ def register(registry: Registry, db: Database) -> None:
     def update(call: ToolCall) -> dict[str, Any]:
         args = call.arguments
         changes = {key: args[key] for key in ("new_name", *SETTINGS) if key in args}
+        if "web_search" in changes:
+            changes["web_search"] = search_context(changes["web_search"])
         with unique_name(f"A model config named {args.get('new_name')!r} already exists; choose another new_name."):
             row = db.one(
                 "update_model_config", user_id=acting_user(call), config_name=args["name"], changes=json.dumps(changes)
@@ -181,23 +339,16 @@ def register(registry: Registry, db: Database) -> None:
         return {"name": row["name"], "deleted": True}
 
     def list_models(call: ToolCall) -> dict[str, Any]:
-        rows = db.all("models_with_prices", user_id=acting_user(call))
+        args = call.arguments
+        rows = db.all(
+            "models_with_prices",
+            user_id=acting_user(call),
+            include_retired=args.get("include_retired", False),
+            search=args.get("search"),
+        )
         return {
-            "models": [
-                jsonable(
-                    {
-                        "model": row["model"],
-                        "priced": row["input_per_mtok"] is not None,
-                        "input_per_mtok": row["input_per_mtok"],
-                        "cached_input_per_mtok": row["cached_input_per_mtok"],
-                        "output_per_mtok": row["output_per_mtok"],
-                        "effective_from": row["effective_from"],
-                        "has_config": bool(row["config_names"]),
-                        "config_names": row["config_names"],
-                    }
-                )
-                for row in rows
-            ]
+            "models": [model_record(row) for row in rows],
+            "aliases": [{"name": row["name"], "model": row["model"]} for row in db.all("list_model_aliases")],
         }
 
     owner = {"user_id": USER_ID_SCHEMA}
@@ -207,7 +358,8 @@ def register(registry: Registry, db: Database) -> None:
             name="chitty_model_config_create",
             title="Create model config",
             description=(
-                "Save named model settings {name, model, temperature?, max_tokens?, top_p?, system_prompt?}. "
+                "Save named model settings {name, model, temperature?, max_tokens?, top_p?, system_prompt?, "
+                "reasoning_effort?, verbosity?, reasoning_summary?, service_tier?, web_search?}. "
                 "Use the name as model_config in chatgpt_complete and chatgpt_stream, or as a session's or "
                 "template's default. Names are unique per user; a taken name is an error."
             ),
@@ -297,15 +449,41 @@ def register(registry: Registry, db: Database) -> None:
             name="chitty_models_list",
             title="List models and prices",
             description=(
-                "The models with a price in force (USD per million tokens: input, cached input, output; cached "
-                "input is billed as input when a model has no cached price), plus any model your configs use "
-                "that has no price, each with the names of your configs that use it."
+                "OpenAI's models as the server prices and knows them, with the names of your configs that use "
+                "each. Prices in USD per million tokens: input, cached input, cache write, output (a missing "
+                "cached or cache-write price shows as input); long_context: the rates of a whole call whose "
+                "prompt passes above_tokens; tiers: flex, priority and ultrafast rates (a call is billed at the "
+                "tier that served it); web_search_per_call: USD per search. capabilities: reasoning and its "
+                "efforts, vision, pdf, function calling, structured output, web search, context window, max "
+                "output, apis (chat, responses). shutdown_on and successor: OpenAI's announced shutdown; "
+                "retired: past it. Retired models are left out unless include_retired or a config uses them; "
+                "search keeps the names that contain it. aliases: an upstream's own names for models."
             ),
-            input_schema={"type": "object", "properties": owner, "additionalProperties": False},
+            input_schema={
+                "type": "object",
+                "properties": {
+                    **owner,
+                    "include_retired": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "Also list models past their shutdown date.",
+                    },
+                    "search": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 200,
+                        "description": "Only models whose name contains this (any case), e.g. gpt-5.",
+                    },
+                },
+                "additionalProperties": False,
+            },
             output_schema={
                 "type": "object",
-                "properties": {"models": {"type": "array", "items": MODEL}},
-                "required": ["models"],
+                "properties": {
+                    "models": {"type": "array", "items": MODEL},
+                    "aliases": {"type": "array", "items": ALIAS},
+                },
+                "required": ["models", "aliases"],
             },
             handler=list_models,
             read_only=True,

@@ -109,9 +109,26 @@ def _fitting_prefix(text: str, room: int) -> int:
 
 def _message_body(message: dict[str, Any]) -> str:
     lines = [] if message["content"] is None else [message["content"]]
+    lines.extend(_part_text(part) for part in message.get("parts") or [])
+    if message.get("tool_call_id"):
+        lines.insert(0, f"_Result of call {message['tool_call_id']}:_")
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        lines.append(f"_Calls {function.get('name')}({function.get('arguments')}) as {call.get('id')}_")
     if message["error"]:
         lines.append(f"> Error: {message['error']}")
     return "\n".join(lines)
+
+
+def _part_text(part: dict[str, Any]) -> str:
+    """A content part in a transcript: its text, or what was attached (an address, never inline data)."""
+    if part.get("type") == "image_url":
+        url = (part.get("image_url") or {}).get("url") or ""
+        return f"[image: {url if url.startswith('https:') else 'attached inline'}]"
+    if part.get("type") == "file":
+        file = part.get("file") or {}
+        return f"[file: {file.get('filename') or file.get('file_url') or 'attached inline'}]"
+    return str(part.get("text") or "")
 
 
 def _message_heading(message: dict[str, Any], offset: int) -> str:

@@ -18,7 +18,8 @@ BEGIN
                 NEW.price_missing := true;
             ELSE
                 NEW.pricing_id := price.id;
-                NEW.cost_usd := message_cost(price, NEW.prompt_tokens, NEW.cached_tokens, NEW.completion_tokens);
+                NEW.cost_usd := usage_cost(price, NEW.prompt_tokens, NEW.cached_tokens, NEW.cache_write_tokens,
+                                           NEW.completion_tokens, NEW.service_tier, NEW.web_search_calls);
             END IF;
         END IF;
     END IF;
@@ -68,6 +69,112 @@ CREATE OR REPLACE TRIGGER chat_messages_after_insert AFTER INSERT ON chat_messag
     REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION chat_messages_after_insert();
 
+-- What a model refuses of a call, before anything is sent: NULL when it accepts it all. p_info is the
+-- catalogue's model_info (NULL for a model it does not know: the upstream then decides), p_options the
+-- call's settings merged over its model config's, p_from_config the names of those that came from the
+-- config, p_features what the messages and arguments hold.
+CREATE OR REPLACE FUNCTION completion_refusal(
+    p_model text,
+    p_info jsonb,
+    p_options jsonb,
+    p_from_config text[],
+    p_features jsonb,
+    p_settings jsonb
+) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    parameter text;
+    effort text := p_options ->> 'reasoning_effort';
+BEGIN
+    IF p_settings ->> 'api' = 'chat' THEN
+        FOREACH parameter IN ARRAY ARRAY['reasoning_summary', 'web_search'] LOOP
+            IF p_options ? parameter THEN
+                RETURN jsonb_build_object('error', 'needs_responses', 'parameter', parameter, 'model', p_model,
+                                          'from_config', parameter = ANY (p_from_config));
+            END IF;
+        END LOOP;
+        IF (p_features ->> 'file_urls')::integer > 0 THEN
+            RETURN jsonb_build_object('error', 'needs_responses', 'parameter', 'file_url', 'model', p_model,
+                                      'from_config', false);
+        END IF;
+    END IF;
+    IF p_info IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF (p_info ->> 'retired')::boolean AND (p_settings ->> 'official_openai')::boolean THEN
+        RETURN jsonb_build_object('error', 'model_retired', 'model', p_model, 'shutdown_on', p_info -> 'shutdown_on',
+                                  'successor', p_info -> 'successor');
+    END IF;
+    IF p_settings ->> 'api' = 'chat' AND NOT (p_info -> 'apis') ? 'chat' THEN
+        RETURN jsonb_build_object('error', 'needs_responses', 'parameter', 'model', 'model', p_model,
+                                  'from_config', false);
+    END IF;
+    IF (p_info ->> 'reasoning')::boolean THEN
+        -- Reasoning models take no sampling parameters, except at reasoning effort none.
+        FOREACH parameter IN ARRAY ARRAY['temperature', 'top_p'] LOOP
+            IF p_options ? parameter AND effort IS DISTINCT FROM 'none' THEN
+                RETURN jsonb_build_object('error', 'unsupported_parameter', 'parameter', parameter, 'model', p_model,
+                                          'from_config', parameter = ANY (p_from_config), 'reasoning', true);
+            END IF;
+        END LOOP;
+        IF effort IS NOT NULL AND NOT (p_info -> 'efforts') ? effort THEN
+            RETURN jsonb_build_object('error', 'unsupported_value', 'parameter', 'reasoning_effort', 'value', effort,
+                                      'accepted', p_info -> 'efforts', 'model', p_model,
+                                      'from_config', 'reasoning_effort' = ANY (p_from_config));
+        END IF;
+    ELSE
+        FOREACH parameter IN ARRAY ARRAY['reasoning_effort', 'verbosity', 'reasoning_summary'] LOOP
+            IF p_options ? parameter THEN
+                RETURN jsonb_build_object('error', 'unsupported_parameter', 'parameter', parameter, 'model', p_model,
+                                          'from_config', parameter = ANY (p_from_config), 'reasoning', false);
+            END IF;
+        END LOOP;
+    END IF;
+    IF (p_features ->> 'images')::integer > 0 AND NOT (p_info ->> 'vision')::boolean THEN
+        RETURN jsonb_build_object('error', 'unsupported_input', 'what', 'images', 'model', p_model);
+    END IF;
+    IF (p_features ->> 'files')::integer > 0 AND NOT (p_info ->> 'pdf')::boolean THEN
+        RETURN jsonb_build_object('error', 'unsupported_input', 'what', 'files', 'model', p_model);
+    END IF;
+    IF (p_features ->> 'tools')::boolean AND NOT (p_info ->> 'function_calling')::boolean THEN
+        RETURN jsonb_build_object('error', 'unsupported_input', 'what', 'tools', 'model', p_model);
+    END IF;
+    IF p_features ->> 'format' = 'json_schema' AND NOT (p_info ->> 'structured_output')::boolean THEN
+        RETURN jsonb_build_object('error', 'unsupported_input', 'what', 'response_format', 'model', p_model);
+    END IF;
+    IF p_options ? 'web_search' AND NOT (p_info ->> 'web_search')::boolean THEN
+        RETURN jsonb_build_object('error', 'unsupported_input', 'what', 'web_search', 'model', p_model);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION completion_refusal(text, jsonb, jsonb, text[], jsonb, jsonb) IS
+    'What a model refuses of a completion (a retired model on OpenAI, sampling on a reasoning model, an effort it '
+    'does not take, inputs it cannot read, a Responses-only feature on Chat Completions); NULL if nothing.';
+
+-- An upper bound of a message's prompt tokens, in what can be counted before sending: the bytes of its
+-- text (byte-level BPE never makes more tokens than bytes), a fixed bound per image and per file by URL
+-- (p_settings image_token_bound, file_token_bound), the bytes of a file sent inline, its tool calls.
+CREATE OR REPLACE FUNCTION prompt_bound(p_message jsonb, p_settings jsonb) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 4 + CASE jsonb_typeof(p_message -> 'content')
+                   WHEN 'string' THEN octet_length(p_message ->> 'content')
+                   WHEN 'array' THEN (
+                       SELECT coalesce(sum(CASE part ->> 'type'
+                                   WHEN 'text' THEN octet_length(part ->> 'text')
+                                   WHEN 'image_url' THEN (p_settings ->> 'image_token_bound')::bigint
+                                   WHEN 'file' THEN coalesce(octet_length(part -> 'file' ->> 'file_data'),
+                                                             (p_settings ->> 'file_token_bound')::bigint)
+                                   ELSE octet_length(part::text) END), 0)
+                       FROM jsonb_array_elements(p_message -> 'content') AS part)
+                   ELSE 0 END
+             + coalesce(octet_length((p_message -> 'tool_calls')::text), 0)
+$$;
+
+COMMENT ON FUNCTION prompt_bound(jsonb, jsonb) IS
+    'An upper bound of the prompt tokens of one outgoing message (text bytes, a bound per image and file URL).';
+
 -- Round trip 1: everything a completion needs before it calls the upstream.
 CREATE OR REPLACE FUNCTION prepare_completion(
     p_token_hash text,
@@ -79,6 +186,7 @@ CREATE OR REPLACE FUNCTION prepare_completion(
     p_model text,
     p_max_tokens integer,
     p_messages jsonb,
+    p_options jsonb,
     p_settings jsonb
 ) RETURNS jsonb
 LANGUAGE plpgsql AS $$
@@ -92,13 +200,17 @@ DECLARE
     system_prompt text;
     outgoing jsonb;
     model text;
+    info jsonb;
+    options jsonb;
+    from_config text[];
     max_tokens integer;
+    max_tool_calls integer;
     budget numeric;
     rpm numeric;
     tpm numeric;
     used record;
     price model_pricing;
-    prompt_bound integer;
+    prompt_tokens_bound bigint;
     worst_cost numeric;
     worst_tokens integer;
     new_bytes bigint := 0;
@@ -124,14 +236,25 @@ BEGIN
             RETURN jsonb_build_object('error', 'session_archived', 'caller', caller.user_id);
         END IF;
         target := session.user_id;
-        SELECT coalesce(jsonb_agg(jsonb_build_object('role', h.role, 'content', h.content) ORDER BY h.seq), '[]')
+        -- The last messages, as they were sent: text or parts, tool calls and tool results. A window that
+        -- begins with tool results whose call fell outside it starts after them (a result needs its call).
+        SELECT coalesce(jsonb_agg(h.message ORDER BY h.seq), '[]')
         INTO history
         FROM (
-            SELECT m.role, m.content, m.seq FROM chat_messages m
-            WHERE m.session_id = p_session_id AND m.status = 'ok' AND m.content IS NOT NULL
-            ORDER BY m.seq DESC
-            LIMIT p_history_limit
-        ) h;
+            SELECT w.seq, w.message, w.role, min(w.seq) FILTER (WHERE w.role <> 'tool') OVER () AS first_call
+            FROM (
+                SELECT m.seq, m.role,
+                       jsonb_strip_nulls(jsonb_build_object(
+                           'role', m.role, 'content', coalesce(m.parts, to_jsonb(m.content)),
+                           'tool_calls', m.tool_calls, 'tool_call_id', m.tool_call_id)) AS message
+                FROM chat_messages m
+                WHERE m.session_id = p_session_id AND m.status = 'ok'
+                  AND (m.content IS NOT NULL OR m.parts IS NOT NULL OR m.tool_calls IS NOT NULL)
+                ORDER BY m.seq DESC
+                LIMIT p_history_limit
+            ) w
+        ) h
+        WHERE h.role <> 'tool' OR h.seq > h.first_call;
     ELSIF NOT EXISTS (SELECT 1 FROM users u WHERE u.id = target) THEN
         RETURN jsonb_build_object('error', 'user_not_found', 'caller', caller.user_id);
     END IF;
@@ -151,13 +274,28 @@ BEGIN
                 || history || p_messages;
     model := coalesce(p_model, config.model, p_settings ->> 'default_model');
     max_tokens := coalesce(p_max_tokens, config.max_tokens);
+    -- The call's settings over its config's, and what the model accepts of them.
+    options := jsonb_strip_nulls(jsonb_build_object(
+        'temperature', config.temperature, 'top_p', config.top_p, 'reasoning_effort', config.reasoning_effort,
+        'verbosity', config.verbosity, 'reasoning_summary', config.reasoning_summary,
+        'service_tier', config.service_tier, 'web_search', config.web_search));
+    from_config := ARRAY(SELECT jsonb_object_keys(options - ARRAY(SELECT jsonb_object_keys(p_options -> 'settings'))));
+    -- A setting given as null clears the config's (web_search false).
+    options := jsonb_strip_nulls(options || (p_options -> 'settings'));
+    info := model_info(model);
+    refusal := completion_refusal(model, info, options, from_config, p_options -> 'features', p_settings);
+    IF refusal IS NOT NULL THEN
+        RETURN refusal || jsonb_build_object('caller', caller.user_id, 'config', config.name);
+    END IF;
     SELECT * INTO key FROM api_keys k WHERE k.user_id = target AND k.status = 'active';
     IF key.id IS NULL AND NOT coalesce((p_settings ->> 'server_key')::boolean, false) THEN
         RETURN jsonb_build_object('error', 'no_api_key', 'caller', caller.user_id);
     END IF;
     IF session.id IS NOT NULL THEN
         -- The session's quotas: its new messages and the reply, checked and reserved under the user's lock.
-        SELECT coalesce(sum(octet_length(m.value ->> 'content')), 0) INTO new_bytes
+        SELECT coalesce(sum(coalesce(octet_length(m.value ->> 'content'), 0)
+                            + coalesce(octet_length((m.value -> 'tool_calls')::text), 0)), 0)
+        INTO new_bytes
         FROM jsonb_array_elements(p_messages) AS m;
         refusal := session_storage_refusal(target, session.id, jsonb_array_length(p_messages) + 1, new_bytes,
                                            p_settings);
@@ -175,20 +313,31 @@ BEGIN
         -- One limit check at a time per user: the check and the reservation are one atomic step.
         PERFORM pg_advisory_xact_lock(hashtextextended('chitty-usage:' || target, 0));
         IF max_tokens IS NULL AND (budget IS NOT NULL OR tpm IS NOT NULL) THEN
-            max_tokens := (p_settings ->> 'limited_max_tokens')::integer;
+            -- A reasoning model spends output tokens thinking before it writes: it gets the larger cap.
+            max_tokens := (p_settings ->> CASE WHEN coalesce((info ->> 'reasoning')::boolean, false)
+                                               THEN 'limited_max_tokens_reasoning' ELSE 'limited_max_tokens' END
+                          )::integer;
+            max_tokens := least(max_tokens, (info ->> 'max_output')::integer);
         END IF;
-        -- Byte-level BPE never makes more tokens than bytes: an upper bound, not a guess, of exactly what is sent.
-        SELECT coalesce(sum(octet_length(m.value ->> 'content')), 0) + 4 * (count(*) + 1)
-        INTO prompt_bound
+        IF options ? 'web_search' THEN
+            -- Each search is billed: a bounded number of them, sent as max_tool_calls.
+            max_tool_calls := (p_settings ->> 'limited_tool_calls')::integer;
+        END IF;
+        -- An upper bound of exactly what is sent: the messages, and the tools and schema given with them.
+        SELECT coalesce(sum(prompt_bound(m.value, p_settings)), 0) + 4 + (p_options ->> 'extra_bytes')::bigint
+        INTO prompt_tokens_bound
         FROM jsonb_array_elements(outgoing) AS m;
-        worst_tokens := prompt_bound + coalesce(max_tokens, 0);
+        worst_tokens := least(prompt_tokens_bound + coalesce(max_tokens, 0), 2147483647);
         SELECT * INTO used FROM usage_window(target);
         IF budget IS NOT NULL THEN
             price := price_in_force(model, now());
             IF price.id IS NULL THEN
                 RETURN jsonb_build_object('error', 'unpriced_model', 'caller', caller.user_id, 'model', model);
             END IF;
-            worst_cost := message_cost(price, prompt_bound, 0, max_tokens);
+            -- At the tier asked for; auto (or none) is the project's default tier, which is 'default' unless
+            -- the OpenAI project was set to another (README: Limits).
+            worst_cost := usage_cost(price, least(prompt_tokens_bound, 2147483647)::integer, 0, 0, max_tokens,
+                                     options ->> 'service_tier', coalesce(max_tool_calls, 0));
             IF used.spent_usd + used.reserved_usd + worst_cost > budget THEN
                 RETURN jsonb_build_object(
                     'error', 'limit', 'caller', caller.user_id, 'user_id', target, 'limit', 'monthly_budget_usd',
@@ -223,13 +372,13 @@ BEGIN
         'user_id', target,
         'model', model,
         'max_tokens', max_tokens,
+        'max_tool_calls', max_tool_calls,
+        'options', options,
+        'reasoning', coalesce((info ->> 'reasoning')::boolean, false),
         'reserved_usd', worst_cost,
         'session', CASE WHEN session.id IS NULL THEN NULL ELSE jsonb_build_object(
             'id', session.id, 'status', session.status) END,
         'messages', outgoing,
-        'config', CASE WHEN config.id IS NULL THEN NULL ELSE jsonb_build_object(
-            'name', config.name, 'model', config.model, 'temperature', config.temperature,
-            'top_p', config.top_p, 'max_tokens', config.max_tokens, 'system_prompt', config.system_prompt) END,
         'api_key', CASE WHEN key.id IS NULL THEN NULL ELSE jsonb_build_object(
             'id', key.id, 'last_four', key.last_four, 'ciphertext', encode(key.ciphertext, 'base64'),
             'nonce', encode(key.nonce, 'base64'), 'fingerprint', key.key_fingerprint,
@@ -238,10 +387,11 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION prepare_completion(text, text, uuid, text, integer, uuid, text, integer, jsonb, jsonb) IS
+COMMENT ON FUNCTION prepare_completion(text, text, uuid, text, integer, uuid, text, integer, jsonb, jsonb, jsonb) IS
     'Round trip 1 of a completion: authenticate, authorise, load the session, its recent history, the model '
-    'config and the user''s sealed API key, build the message list to send, check the limits and reserve the '
-    'worst case of exactly that list.';
+    'config and the user''s sealed API key, merge the call''s settings over the config''s, refuse what the model '
+    'does not accept, build the message list to send, check the limits and reserve the worst case of exactly '
+    'what is sent.';
 
 -- Round trip 2: the turn, once. The ledger's key makes it idempotent: a second record of the same turn
 -- (a retry whose first attempt may still be running) waits for the first, inserts nothing and returns
@@ -281,12 +431,16 @@ BEGIN
     -- fails a CHECK. Without a session the turn stores its reply's usage only: one row.
     IF v_session IS NULL THEN
         INSERT INTO chat_messages (user_id, turn_id, role, model, status, error, finish_reason, prompt_tokens,
-                                   completion_tokens, cached_tokens, reasoning_tokens, usage_estimated, latency_ms,
-                                   upstream_request_id, usage_only)
+                                   completion_tokens, cached_tokens, reasoning_tokens, cache_write_tokens,
+                                   web_search_calls, service_tier, usage_estimated, latency_ms, upstream_request_id,
+                                   usage_only)
         VALUES (p_user_id, p_turn_id, 'assistant', p_reply ->> 'model', coalesce(p_reply ->> 'status', 'ok'),
                 p_reply ->> 'error', p_reply ->> 'finish_reason', v_prompt, v_completion,
                 least(coalesce((p_reply ->> 'cached_tokens')::integer, 0), v_prompt),
                 least(coalesce((p_reply ->> 'reasoning_tokens')::integer, 0), v_completion),
+                least(coalesce((p_reply ->> 'cache_write_tokens')::integer, 0),
+                      v_prompt - least(coalesce((p_reply ->> 'cached_tokens')::integer, 0), v_prompt)),
+                coalesce((p_reply ->> 'web_search_calls')::integer, 0), p_reply ->> 'service_tier',
                 coalesce((p_reply ->> 'usage_estimated')::boolean, false),
                 (p_reply ->> 'latency_ms')::integer, p_reply ->> 'upstream_request_id',
                 p_session_id IS NOT NULL OR coalesce((p_reply ->> 'usage_only')::boolean, false))
@@ -296,26 +450,36 @@ BEGIN
             'usage_only', usage_only)
         INTO recorded;
     ELSE
-        -- In a session: the new messages in order, then the reply, which carries the usage.
+        -- In a session: the new messages in order, then the reply, which carries the usage. A message given as
+        -- parts keeps them as parts; tool calls and tool results keep their ids.
         WITH inserted AS (
-            INSERT INTO chat_messages (session_id, user_id, turn_id, role, content, model, status, error,
-                                       finish_reason, prompt_tokens, completion_tokens, cached_tokens,
-                                       reasoning_tokens, usage_estimated, latency_ms, upstream_request_id)
-            SELECT v_session, p_user_id, p_turn_id, m.role, m.content, m.model,
+            INSERT INTO chat_messages (session_id, user_id, turn_id, role, content, parts, tool_calls, tool_call_id,
+                                       model, status, error, finish_reason, prompt_tokens, completion_tokens,
+                                       cached_tokens, reasoning_tokens, cache_write_tokens, web_search_calls,
+                                       service_tier, usage_estimated, latency_ms, upstream_request_id)
+            SELECT v_session, p_user_id, p_turn_id, m.role, m.content, m.parts, m.tool_calls, m.tool_call_id, m.model,
                    coalesce(p_reply ->> 'status', 'ok'), m.error, m.finish_reason, m.prompt_tokens,
-                   m.completion_tokens, m.cached_tokens, m.reasoning_tokens, m.usage_estimated, m.latency_ms,
-                   m.upstream_request_id
+                   m.completion_tokens, m.cached_tokens, m.reasoning_tokens, m.cache_write_tokens,
+                   m.web_search_calls, m.service_tier, m.usage_estimated, m.latency_ms, m.upstream_request_id
             FROM (
-                SELECT n.ordinality AS position, n.value ->> 'role' AS role, n.value ->> 'content' AS content,
+                SELECT n.ordinality AS position, n.value ->> 'role' AS role,
+                       CASE WHEN jsonb_typeof(n.value -> 'content') = 'array' THEN NULL
+                            ELSE n.value ->> 'content' END AS content,
+                       CASE WHEN jsonb_typeof(n.value -> 'content') = 'array' THEN n.value -> 'content' END AS parts,
+                       n.value -> 'tool_calls' AS tool_calls, n.value ->> 'tool_call_id' AS tool_call_id,
                        NULL::text AS model, NULL::text AS error, NULL::text AS finish_reason,
                        0 AS prompt_tokens, 0 AS completion_tokens, 0 AS cached_tokens, 0 AS reasoning_tokens,
+                       0 AS cache_write_tokens, 0 AS web_search_calls, NULL::text AS service_tier,
                        false AS usage_estimated, NULL::integer AS latency_ms, NULL::text AS upstream_request_id
                 FROM jsonb_array_elements(p_messages) WITH ORDINALITY AS n
                 UNION ALL
-                SELECT 2147483647, 'assistant', p_reply ->> 'content', p_reply ->> 'model', p_reply ->> 'error',
-                       p_reply ->> 'finish_reason', v_prompt, v_completion,
+                SELECT 2147483647, 'assistant', p_reply ->> 'content', NULL, nullif(p_reply -> 'tool_calls', 'null'), NULL,
+                       p_reply ->> 'model', p_reply ->> 'error', p_reply ->> 'finish_reason', v_prompt, v_completion,
                        least(coalesce((p_reply ->> 'cached_tokens')::integer, 0), v_prompt),
                        least(coalesce((p_reply ->> 'reasoning_tokens')::integer, 0), v_completion),
+                       least(coalesce((p_reply ->> 'cache_write_tokens')::integer, 0),
+                             v_prompt - least(coalesce((p_reply ->> 'cached_tokens')::integer, 0), v_prompt)),
+                       coalesce((p_reply ->> 'web_search_calls')::integer, 0), p_reply ->> 'service_tier',
                        coalesce((p_reply ->> 'usage_estimated')::boolean, false),
                        (p_reply ->> 'latency_ms')::integer, p_reply ->> 'upstream_request_id'
             ) m

@@ -205,7 +205,9 @@ BEGIN
     END IF;
     IF max_bytes IS NOT NULL THEN
         -- octet_length reads a stored text's size without fetching it.
-        stored_bytes := stored_bytes + (SELECT coalesce(sum(octet_length(m.content)), 0)
+        stored_bytes := stored_bytes + (SELECT coalesce(sum(coalesce(octet_length(m.content), 0)
+                                                            + coalesce(octet_length(CAST(m.parts AS text)), 0)
+                                                            + coalesce(octet_length(CAST(m.tool_calls AS text)), 0)), 0)
                                         FROM chat_messages m WHERE m.session_id = p_session_id);
         IF stored_bytes + held_bytes + p_new_bytes > max_bytes THEN
             RETURN quota_refusal('bytes_per_session', max_bytes, stored_bytes + held_bytes, p_new_bytes,

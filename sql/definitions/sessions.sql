@@ -6,6 +6,8 @@ CREATE OR REPLACE FUNCTION chat_messages_forget_content() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     NEW.content := NULL;
+    NEW.parts := NULL;
+    NEW.tool_calls := NULL;
     RETURN NEW;
 END
 $$;

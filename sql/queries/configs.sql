@@ -7,9 +7,12 @@
 WITH refusal AS MATERIALIZED (
     SELECT storage_quota_refusal(:user_id, 'model_configs', 1, CAST(:defaults AS jsonb)) AS refusal
 ), created AS (
-    INSERT INTO model_configs (user_id, name, model, temperature, top_p, max_tokens, system_prompt)
+    INSERT INTO model_configs (user_id, name, model, temperature, top_p, max_tokens, system_prompt,
+                               reasoning_effort, verbosity, reasoning_summary, service_tier, web_search)
     SELECT id, :config_name, :model, CAST(:temperature AS numeric), CAST(:top_p AS numeric),
-           CAST(:max_tokens AS integer), CAST(:system_prompt AS text)
+           CAST(:max_tokens AS integer), CAST(:system_prompt AS text), CAST(:reasoning_effort AS text),
+           CAST(:verbosity AS text), CAST(:reasoning_summary AS text), CAST(:service_tier AS text),
+           CAST(:web_search AS text)
     FROM users
     WHERE id = :user_id AND (SELECT r.refusal FROM refusal r) IS NULL
     RETURNING *
@@ -48,6 +51,14 @@ SET name = coalesce(given.changes ->> 'new_name', m.name),
                       THEN CAST(given.changes ->> 'max_tokens' AS integer) ELSE m.max_tokens END,
     system_prompt = CASE WHEN given.changes ? 'system_prompt'
                          THEN given.changes ->> 'system_prompt' ELSE m.system_prompt END,
+    reasoning_effort = CASE WHEN given.changes ? 'reasoning_effort'
+                            THEN given.changes ->> 'reasoning_effort' ELSE m.reasoning_effort END,
+    verbosity = CASE WHEN given.changes ? 'verbosity' THEN given.changes ->> 'verbosity' ELSE m.verbosity END,
+    reasoning_summary = CASE WHEN given.changes ? 'reasoning_summary'
+                             THEN given.changes ->> 'reasoning_summary' ELSE m.reasoning_summary END,
+    service_tier = CASE WHEN given.changes ? 'service_tier'
+                        THEN given.changes ->> 'service_tier' ELSE m.service_tier END,
+    web_search = CASE WHEN given.changes ? 'web_search' THEN given.changes ->> 'web_search' ELSE m.web_search END,
     updated_at = now()
 FROM (SELECT CAST(:changes AS jsonb) AS changes) given
 WHERE m.user_id = :user_id AND m.name = :config_name
@@ -59,27 +70,44 @@ DELETE FROM model_configs WHERE user_id = :user_id AND name = :config_name
 RETURNING name;
 
 -- name: models_with_prices
--- One row per model priced now (the price in force), plus one per model that the user's configs name
--- but that has no price. config_names: the user's configs billed at that row's price, as
--- price_in_force resolves them (a dated snapshot such as gpt-4o-2024-08-06 is billed as gpt-4o).
+-- One row per model priced now (the price in force), per model of the catalogue, and per model that the
+-- user's configs name but that has neither. config_names: the user's configs billed at that row's price, as
+-- price_in_force resolves them (a dated snapshot such as gpt-4o-2024-08-06 is billed as its own price when it
+-- has one, else as gpt-4o). rates: price_rates of the price row; info: model_info (NULL when unknown).
+-- Retired models only with :include_retired, or when a config uses them; :search keeps names containing it.
 WITH prices AS (
-    SELECT DISTINCT ON (model) *
-    FROM model_pricing
-    WHERE effective_from <= now()
-    ORDER BY model, effective_from DESC
+    SELECT DISTINCT ON (p.model) p.model, p AS price
+    FROM model_pricing p
+    WHERE p.effective_from <= now()
+    ORDER BY p.model, p.effective_from DESC
 ), configs AS (
     SELECT coalesce((price_in_force(c.model, now())).model, c.model) AS model,
            array_agg(c.name ORDER BY c.name) AS names
     FROM model_configs c
     WHERE c.user_id = :user_id
     GROUP BY 1
+), names AS (
+    SELECT model FROM prices
+    UNION
+    SELECT model FROM model_catalogue
+    UNION
+    SELECT model FROM configs
+), listed AS (
+    SELECT n.model, r.price, model_info(n.model) AS info, g.names
+    FROM names n
+    LEFT JOIN prices r ON r.model = n.model
+    LEFT JOIN configs g ON g.model = n.model
+    WHERE CAST(:search AS text) IS NULL OR strpos(lower(n.model), lower(CAST(:search AS text))) > 0
 )
-SELECT coalesce(p.model, g.model) AS model,
-       p.input_per_mtok,
-       coalesce(p.cached_input_per_mtok, p.input_per_mtok) AS cached_input_per_mtok,
-       p.output_per_mtok,
-       p.effective_from,
-       coalesce(g.names, CAST(ARRAY[] AS text[])) AS config_names
-FROM prices p
-FULL JOIN configs g ON g.model = p.model
-ORDER BY 1;
+SELECT l.model,
+       (l.price).input_per_mtok,
+       coalesce((l.price).cached_input_per_mtok, (l.price).input_per_mtok) AS cached_input_per_mtok,
+       (l.price).output_per_mtok,
+       (l.price).effective_from,
+       CASE WHEN (l.price).id IS NOT NULL THEN price_rates(l.price) END AS rates,
+       l.info,
+       coalesce(l.names, CAST(ARRAY[] AS text[])) AS config_names
+FROM listed l
+WHERE CAST(:include_retired AS boolean) OR l.names IS NOT NULL
+   OR NOT coalesce(CAST(l.info ->> 'retired' AS boolean), false)
+ORDER BY l.model;

@@ -104,12 +104,14 @@ LIMIT CAST(:limit AS integer);
 -- name: session_transcript_part
 -- A session's messages from seq :from_seq on, oldest first: at most :limit, cut after the one whose text
 -- takes the part past :budget bytes.
-SELECT m.seq, m.role, m.content, m.model, m.status, m.error, m.prompt_tokens, m.completion_tokens,
-       m.cost_usd, m.created_at
+SELECT m.seq, m.role, m.content, m.parts, m.tool_calls, m.tool_call_id, m.model, m.status, m.error,
+       m.prompt_tokens, m.completion_tokens, m.cost_usd, m.created_at
 FROM (
     SELECT m.*, sum(m.text_bytes) OVER (ORDER BY m.seq) - m.text_bytes AS bytes_before
     FROM (
-        SELECT c.*, coalesce(octet_length(c.content), 0) + coalesce(octet_length(c.error), 0) AS text_bytes
+        SELECT c.*, coalesce(octet_length(c.content), 0) + coalesce(octet_length(c.error), 0)
+                    + coalesce(octet_length(CAST(c.parts AS text)), 0)
+                    + coalesce(octet_length(CAST(c.tool_calls AS text)), 0) AS text_bytes
         FROM chat_messages c
         WHERE c.session_id = CAST(:session_id AS uuid) AND c.seq >= CAST(:from_seq AS integer)
         ORDER BY c.seq
