@@ -32,6 +32,12 @@ def migrate(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return service.apply_migrations()
 
 
+@app.lambda_function(name="jobs")
+def jobs(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Run one background completion (chitty-chatgpt-mcp-<stage>-jobs, invoked asynchronously by /mcp)."""
+    return service.run_job(event, context)
+
+
 @app.route("/health", methods=["GET"])
 def health() -> Response:
     status, body = service.health()

@@ -67,6 +67,7 @@ DEFAULT_QUOTAS: dict[str, int] = {
     "session_templates": 10,
     "model_configs": 10,
     "api_keys": 10,
+    "concurrent_jobs": 4,
 }
 LIMIT_KINDS = ("monthly_budget_usd", "requests_per_minute", "tokens_per_minute", *DEFAULT_QUOTAS)
 # One session's metadata never passes this, whatever the quotas say: it must fit in any answer.
@@ -145,6 +146,11 @@ class Settings:
     limited_max_tokens_reasoning: int
     default_limits: dict[str, float]
     upstream_api: str
+    job_runner: str
+    job_function: str
+    job_timeout: float
+    job_retention_days: float
+    job_stale_seconds: float
 
     def secret(self, name: str) -> str | None:
         """A secret setting: its environment variable when set, else the secret CHITTY_SECRET_ID names."""
@@ -193,6 +199,15 @@ class Settings:
         return self.database_url
 
 
+def _job_runner(choice: str) -> str:
+    """CHITTY_JOB_RUNNER: lambda (an asynchronous invocation of the jobs function) or local (a process of the
+    local server); unset: lambda on Lambda, local elsewhere."""
+    choice = choice.strip().lower() or ("lambda" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "local")
+    if choice not in ("lambda", "local"):
+        raise ConfigError(f"CHITTY_JOB_RUNNER is {choice!r}; use lambda or local.")
+    return choice
+
+
 def _upstream_api(choice: str, base_url: str | None) -> str:
     """CHITTY_UPSTREAM_API: responses, chat, or auto (responses on OpenAI's own API, chat elsewhere)."""
     from urllib.parse import urlsplit
@@ -236,6 +251,14 @@ def get_settings() -> Settings:
         # A reasoning model spends output tokens thinking before it writes: its cap leaves room for both.
         limited_max_tokens_reasoning=int(os.environ.get("CHITTY_LIMITED_MAX_TOKENS_REASONING", "32768")),
         default_limits=_default_limits(),
+        job_runner=_job_runner(os.environ.get("CHITTY_JOB_RUNNER", "")),
+        job_function=os.environ.get("CHITTY_JOB_FUNCTION")
+        or f"chitty-chatgpt-mcp-{os.environ.get('CHITTY_STAGE', 'dev')}-jobs",
+        # Under the jobs function's 15 minutes, with room to record the turn.
+        job_timeout=float(os.environ.get("CHITTY_JOB_TIMEOUT", "840")),
+        job_retention_days=float(os.environ.get("CHITTY_JOB_RETENTION", "7")),
+        # A worker beats every second; this long without a beat, it is taken for dead.
+        job_stale_seconds=float(os.environ.get("CHITTY_JOB_STALE_SECONDS", "30")),
         upstream_api=_upstream_api(os.environ.get("CHITTY_UPSTREAM_API", "auto"), os.environ.get("OPENAI_BASE_URL")),
         # One attempt may use the whole budget unless told otherwise: a slow answer is still an answer.
         upstream_attempt_timeout=float(

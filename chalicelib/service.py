@@ -170,3 +170,13 @@ def apply_migrations() -> dict[str, Any]:
     answer = {"applied": applied.file_names, "schema_version": row[0][0]}
     logger.info("migrations applied", extra=answer)
     return answer
+
+
+def run_job(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The jobs function: run the background completion the event names, as its worker."""
+    from chalicelib import jobs
+
+    job_id = str(event.get("job_id", ""))
+    worker = f"lambda {getattr(context, 'aws_request_id', '?')}"
+    status = jobs.run(get_database(), job_id, worker=worker)
+    return {"job_id": job_id, "status": status}

@@ -46,8 +46,12 @@ def roll_up_usage(db: Database, budget_s: float | None = None, batch: int = REFR
 
 
 def refresh_usage(db: Database) -> dict[str, int | bool]:
-    """The five-minute schedule: roll up what was recorded since the last run, and log the counts."""
-    result = asdict(roll_up_usage(db, budget_s=SCHEDULED_BUDGET_S))
+    """The five-minute schedule: roll up what was recorded since the last run, fail and bill the background
+    jobs whose worker died, and log the counts."""
+    from chalicelib import jobs
+
+    result: dict[str, int | bool] = {"jobs_reaped": jobs.reap(db)}
+    result.update(asdict(roll_up_usage(db, budget_s=SCHEDULED_BUDGET_S)))
     logger.info("usage rolled up", extra=result)
     return result
 
@@ -78,11 +82,15 @@ def import_prices(db: Database, url: str) -> dict[str, int | bool]:
 
 def daily_upkeep(db: Database) -> dict[str, int | bool]:
     """The daily round: the usage rollup (a safety net for the five-minute runs), the purge of the
-    reservations of calls that died (they stopped counting when they expired) and, with CHITTY_PRICING_URL
+    reservations of calls that died (they stopped counting when they expired), the purge of finished jobs
+    past CHITTY_JOB_RETENTION and, with CHITTY_PRICING_URL
     set, the import of OpenAI's current models and prices, logged."""
     result: dict[str, int | bool] = asdict(roll_up_usage(db, budget_s=SCHEDULED_BUDGET_S))
     purged = db.one("purge_expired_reservations")
     result["expired_reservations_purged"] = purged["purged"] if purged else 0
+    from chalicelib import jobs
+
+    result["jobs_purged"] = jobs.purge(db)
     url = get_settings().pricing_url
     if url:
         result.update(import_prices(db, url))

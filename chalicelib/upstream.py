@@ -49,9 +49,11 @@ class UpstreamError(Exception):
         partial_content: str | None = None,
         latency_ms: int = 0,
         usage: Usage | None = None,
+        cancelled: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.cancelled = cancelled
         self.status = status
         self.retry_after = retry_after
         self.partial_content = partial_content
@@ -223,14 +225,16 @@ class Upstream:
         *,
         stream: bool = False,
         on_delta: Callable[[str], None] | None = None,
+        cancelled: threading.Event | None = None,
     ) -> Reply:
-        """Ask for one completion, retrying what may be retried within the deadline.
+        """Ask for one completion, retrying what may be retried within the deadline. Setting `cancelled`
+        stops a stream at once (its socket is shut): an UpstreamError with `cancelled`, billed for what came.
 
         The reply's usage, or the UpstreamError's, includes what attempts that broke off were billed.
         """
         spent: list[Usage] = []
         try:
-            reply = self._attempts(api_key, request, stream, on_delta, spent)
+            reply = self._attempts(api_key, request, stream, on_delta, spent, cancelled or threading.Event())
         except UpstreamError as error:
             error.message = _without_key(error.message, api_key)
             error.args = (error.message,)
@@ -249,6 +253,7 @@ class Upstream:
         stream: bool,
         on_delta: Callable[[str], None] | None,
         spent: list[Usage],
+        cancelled: threading.Event,
     ) -> Reply:
         import openai
 
@@ -261,9 +266,11 @@ class Upstream:
             remaining = self.deadline - (time.monotonic() - started)
             timeout = max(0.5, min(self.attempt_timeout, remaining))
             wait: float | None = None
+            if cancelled.is_set():
+                raise UpstreamError("Cancelled before OpenAI answered.", latency_ms=_ms(started), cancelled=True)
             try:
                 if stream:
-                    return self._stream(client, request, timeout, started, received, on_delta)
+                    return self._stream(client, request, timeout, started, received, on_delta, cancelled)
                 return self._once(client, request, timeout, started)
             except _AttemptBroke as broke:
                 delay = self._backoff(attempt)
@@ -377,6 +384,7 @@ class Upstream:
         started: float,
         received: list[str],
         on_delta: Callable[[str], None] | None,
+        cancelled: threading.Event,
     ) -> Reply:
         from openai import Stream
 
@@ -389,7 +397,7 @@ class Upstream:
             stream_cls=Stream[object],
             options={"timeout": _timeout(timeout)},
         )
-        watchdog = _cut_off_at(events.response, started + self.deadline - time.monotonic())
+        watchdog = _Watchdog(events.response, started + self.deadline - time.monotonic(), cancelled)
         reader = wire.Stream(request)
         try:
             self._read_stream(events, reader, started, received, on_delta)
@@ -399,14 +407,21 @@ class Upstream:
             if isinstance(error, UpstreamError):
                 error.usage = billed
                 raise
+            if cancelled.is_set():
+                raise UpstreamError(
+                    f"Cancelled after {sum(map(len, received))} characters of the reply; what was used is billed.",
+                    partial_content="".join(received),
+                    latency_ms=_ms(started),
+                    usage=billed,
+                    cancelled=True,
+                ) from None
             if time.monotonic() - started >= self.deadline:
                 overran = self._overran(started, received)
                 overran.usage = billed
                 raise overran from None
             raise _AttemptBroke(error, billed) from error
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            watchdog.done.set()
         reply = reader.result()
         if reply is None:
             # The stream ended without its last event (the connection closed early): not a complete answer.
@@ -451,21 +466,24 @@ def _timeout(seconds: float) -> Any:
     return Timeout(seconds, connect=min(CONNECT_TIMEOUT, seconds))
 
 
-def _cut_off_at(response: Any, seconds: float) -> threading.Timer | None:
-    """Shut the stream's socket when the deadline comes: a stalled read then ends at once."""
-    network = response.extensions.get("network_stream") if response is not None else None
-    sock = network.get_extra_info("socket") if network is not None else None
-    if sock is None:
-        return None
+class _Watchdog:
+    """Shuts the stream's socket when the deadline comes or `cancelled` is set: a stalled read ends at once."""
 
-    def shut() -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    def __init__(self, response: Any, seconds: float, cancelled: threading.Event) -> None:
+        self.done = threading.Event()
+        network = response.extensions.get("network_stream") if response is not None else None
+        self._socket = network.get_extra_info("socket") if network is not None else None
+        self._until = time.monotonic() + max(0.0, seconds)
+        self._cancelled = cancelled
+        if self._socket is not None:
+            threading.Thread(target=self._watch, name="upstream-watchdog", daemon=True).start()
 
-    timer = threading.Timer(max(0.0, seconds), shut)
-    timer.daemon = True
-    timer.start()
-    return timer
+    def _watch(self) -> None:
+        while not self.done.wait(min(0.25, max(0.0, self._until - time.monotonic()))):
+            if self._cancelled.is_set() or time.monotonic() >= self._until:
+                with contextlib.suppress(OSError):
+                    self._socket.shutdown(socket.SHUT_RDWR)
+                return
 
 
 def _ms(started: float) -> int:

@@ -182,4 +182,10 @@ def test_a_deployed_stage_may_read_only_its_own_secret_and_kms_key(stage):
     assert sorted(kms["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
     assert kms["Condition"]["ForAnyValue:StringEquals"]["kms:ResourceAliases"] == variables["CHITTY_KMS_KEY_ID"]
     assert statements["WriteOwnLogs"]["Resource"].endswith(f":log-group:/aws/lambda/chitty-chatgpt-mcp-{stage}*")
-    assert set(statements) == {"WriteOwnLogs", "ReadStageSecret", "SealStoredApiKeys"}
+    # The only function a stage may invoke is its own jobs function, asynchronously, for background completions.
+    jobs = statements["StartBackgroundJobs"]
+    assert jobs["Action"] == "lambda:InvokeFunction"
+    assert jobs["Resource"] == f"arn:aws:lambda:*:*:function:chitty-chatgpt-mcp-{stage}-jobs"
+    assert settings["lambda_functions"]["jobs"]["lambda_timeout"] == 900
+    assert variables["CHITTY_JOB_RUNNER"] == "lambda"
+    assert set(statements) == {"WriteOwnLogs", "ReadStageSecret", "SealStoredApiKeys", "StartBackgroundJobs"}

@@ -47,6 +47,7 @@ def test_every_tool_answers_a_typescript_client(server, fake_openai, alice, admi
     session_id = call(server, alice, "chitty_chat_session_create", {"session_name": "ts"})["session_id"]
     doomed = call(server, alice, "chitty_chat_session_create", {"session_name": "doomed"})["session_id"]
     turn_id = call(server, alice, "chatgpt_complete", {"messages": HI})["turn_id"]
+    job_id = call(server, alice, "chatgpt_complete", {"messages": HI, "background": True})["job_id"]
     config, gone_config = unique("cfg"), unique("cfg")
     call(server, alice, "chitty_model_config_create", {"name": gone_config, "model": "gpt-4o-mini"})
     template, gone_template = unique("tpl"), unique("tpl")
@@ -61,6 +62,10 @@ def test_every_tool_answers_a_typescript_client(server, fake_openai, alice, admi
         tool_step("chatgpt_complete", {"messages": HI}),
         tool_step("chatgpt_stream", {"messages": HI, "session_id": session_id}),
         tool_step("chatgpt_turn_get", {"turn_id": turn_id}),
+        tool_step("chatgpt_complete", {"messages": HI, "background": True}),
+        tool_step("chatgpt_job_get", {"job_id": job_id, "wait_seconds": 1}),
+        tool_step("chatgpt_job_list", {}),
+        tool_step("chatgpt_job_cancel", {"job_id": job_id}),
         tool_step("chitty_chat_session_create", {"session_name": "made by ts", "metadata": {"case_id": "C-1"}}),
         tool_step("chitty_chat_session_list", {}),
         tool_step("chitty_chat_session_get", {"session_id": session_id}),

@@ -28,6 +28,8 @@ class ToolCall:
     progress: ProgressReporter | None = None
     request_id: str | int | None = None
     log_fields: dict[str, Any] = field(default_factory=dict)
+    # The client takes a task for an answer (it declared the tasks extension for this request).
+    task_requested: bool = False
 
     def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
         """Send notifications/progress when the client asked for it; otherwise a no-op."""
@@ -41,6 +43,8 @@ class ToolResult:
 
     structured: dict[str, Any]
     text: str | None = None
+    # Set when the call was answered with a task (the tasks extension): the job that runs it.
+    task: dict[str, Any] | None = None
 
     def to_result(self) -> dict[str, Any]:
         text = self.text if self.text is not None else json.dumps(self.structured, default=str)
@@ -243,6 +247,15 @@ class Registry:
     tools: dict[str, Tool] = field(default_factory=dict)
     resources: list[ResourceFamily] = field(default_factory=list)
     prompts: list[PromptFamily] = field(default_factory=list)
+    # The tasks extension: a task by id for a principal (None if unknown or not theirs), and its cancel.
+    task_get: Callable[[str, Any], dict[str, Any] | None] | None = None
+    task_cancel: Callable[[str, Any], bool] | None = None
+
+    def set_tasks(
+        self, *, get: Callable[[str, Any], dict[str, Any] | None], cancel: Callable[[str, Any], bool]
+    ) -> None:
+        """Offer the tasks extension: tools/call may then answer with a task, read by these."""
+        self.task_get, self.task_cancel = get, cancel
 
     def add_tool(self, tool: Tool) -> Tool:
         if tool.name in self.tools:

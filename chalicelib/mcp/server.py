@@ -21,6 +21,7 @@ from chalicelib.mcp.errors import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
+    MISSING_CAPABILITY,
     PARSE_ERROR,
     RESOURCE_NOT_FOUND,
     UNAUTHORIZED,
@@ -59,7 +60,16 @@ DEFAULT_HANDSHAKE_VERSION = "2025-03-26"
 META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
-NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+NAME_BEARING = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "tasks/get": "taskId",
+    "tasks/cancel": "taskId",
+    "tasks/update": "taskId",
+}
+# The tasks extension (modelcontextprotocol/experimental-ext-tasks), for 2026-07-28 clients that declare it.
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 TOOLS_LIST_TTL_MS = 300_000
 
 Authenticator = Callable[[str | None], Any]
@@ -91,6 +101,15 @@ class _Request:
     want_json: bool
     authorization: str = ""
     non_finite: bool = False
+
+    @property
+    def declares_tasks(self) -> bool:
+        """Whether this request's client takes tasks: declared in its per-request capabilities (2026-07-28)."""
+        if not self.modern:
+            return False
+        capabilities = self.params["_meta"].get(META_CLIENT_CAPABILITIES) or {}
+        extensions = capabilities.get("extensions")
+        return isinstance(extensions, dict) and TASKS_EXTENSION in extensions
 
 
 def _rpc_error(request_id: str | int | None, error: JsonRpcError) -> dict[str, Any]:
@@ -446,6 +465,10 @@ class McpServer:
             )
         if self.registry.prompts:
             handlers.update({"prompts/list": self._prompts_list, "prompts/get": self._prompts_get})
+        if request.modern and self.registry.task_get is not None:
+            handlers.update(
+                {"tasks/get": self._tasks_get, "tasks/cancel": self._tasks_cancel, "tasks/update": self._tasks_update}
+            )
         if method == "tools/call":
             result = self._tools_call(request, events, log)
         elif method in handlers:
@@ -462,8 +485,10 @@ class McpServer:
     def _server_info(self) -> dict[str, str]:
         return {"name": self.info.name, "title": self.info.title, "version": self.info.version}
 
-    def _capabilities(self) -> dict[str, Any]:
+    def _capabilities(self, modern: bool = False) -> dict[str, Any]:
         capabilities: dict[str, Any] = {"tools": {"listChanged": False}}
+        if modern and self.registry.task_get is not None:
+            capabilities["extensions"] = {TASKS_EXTENSION: {}}
         if self.registry.resources:
             capabilities["resources"] = {"subscribe": False, "listChanged": False}
         if self.registry.prompts:
@@ -546,7 +571,7 @@ class McpServer:
     def _discover(self, _: _Request) -> dict[str, Any]:
         return {
             "supportedVersions": list(SUPPORTED_VERSIONS),
-            "capabilities": self._capabilities(),
+            "capabilities": self._capabilities(modern=True),
             "instructions": self.info.instructions,
             "ttlMs": TOOLS_LIST_TTL_MS,
             "cacheScope": "public",
@@ -573,7 +598,13 @@ class McpServer:
         except JsonRpcError as error:
             error.http_status = status
             raise
-        call = ToolCall(name=name, arguments=arguments, principal=request.principal, request_id=request.id)
+        call = ToolCall(
+            name=name,
+            arguments=arguments,
+            principal=request.principal,
+            request_id=request.id,
+            task_requested=request.declares_tasks,
+        )
         meta = request.params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         if request.want_events and _is_valid_id(token):
@@ -601,7 +632,52 @@ class McpServer:
             raise JsonRpcError(INTERNAL_ERROR, "Internal error", http_status=500) from None
         log["is_error"] = False
         log.update(call.log_fields)
+        if isinstance(answer, ToolResult) and answer.task is not None:
+            return {"resultType": "task", **answer.task}  # CreateTaskResult: the task, durably created
         return answer.to_result() if isinstance(answer, ToolResult) else ToolResult(structured=answer).to_result()
+
+    # The tasks extension
+
+    def _task_id(self, request: _Request) -> str:
+        if not request.declares_tasks:
+            raise JsonRpcError(
+                MISSING_CAPABILITY,
+                f"Missing required client capability: {request.method} needs the {TASKS_EXTENSION} extension "
+                "declared in this request's clientCapabilities",
+                http_status=400,
+                data={"requiredCapabilities": {"extensions": {TASKS_EXTENSION: {}}}},
+            )
+        task_id = request.params.get("taskId")
+        if not isinstance(task_id, str):
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params: taskId must be a string", http_status=400)
+        return task_id
+
+    def _unknown_task(self, task_id: str) -> JsonRpcError:
+        # Another principal's task answers exactly like one that does not exist.
+        return JsonRpcError(INVALID_PARAMS, f"Unknown task: {task_id[:100]}", http_status=400)
+
+    def _tasks_get(self, request: _Request) -> dict[str, Any]:
+        task_id = self._task_id(request)
+        assert self.registry.task_get is not None
+        task = self.registry.task_get(task_id, request.principal)
+        if task is None:
+            raise self._unknown_task(task_id)
+        return task
+
+    def _tasks_cancel(self, request: _Request) -> dict[str, Any]:
+        task_id = self._task_id(request)
+        assert self.registry.task_cancel is not None
+        if not self.registry.task_cancel(task_id, request.principal):
+            raise self._unknown_task(task_id)
+        return {}
+
+    def _tasks_update(self, request: _Request) -> dict[str, Any]:
+        # No task of this server ever asks for input: an update of a known task is acknowledged.
+        task_id = self._task_id(request)
+        assert self.registry.task_get is not None
+        if self.registry.task_get(task_id, request.principal) is None:
+            raise self._unknown_task(task_id)
+        return {}
 
 
 def _cache_hints(request: _Request, result: dict[str, Any], *, ttl_ms: int, scope: str) -> dict[str, Any]:

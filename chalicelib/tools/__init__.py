@@ -10,7 +10,7 @@ from chalicelib.db import Database, DatabaseUnavailable
 from chalicelib.mcp import JsonRpcError, Registry, ToolCall, ToolResult, Unavailable
 from chalicelib.mcp.errors import UNAVAILABLE
 from chalicelib.mcp.registry import ToolHandler
-from chalicelib.tools import analytics, chat, configs, keys, limits, sessions, templates
+from chalicelib.tools import analytics, chat, configs, jobs, keys, limits, sessions, templates
 
 
 def _database_errors_as_results(handler: ToolHandler) -> ToolHandler:
@@ -44,6 +44,7 @@ def build_registry(db: Database) -> Registry:
     """Every tool of the server, bound to a database."""
     registry = Registry()
     chat.register(registry, db)
+    jobs.register(registry, db)
     sessions.register(registry, db)
     keys.register(registry, db)
     limits.register(registry, db)

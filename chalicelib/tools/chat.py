@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import re
+import threading
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -208,6 +209,13 @@ INPUT_SCHEMA = {
         },
         "seed": {"type": "integer", "description": "Best-effort determinism (Chat Completions only)."},
         "service_tier": {**SERVICE_TIER, "description": "flex: cheaper and slower; priority: faster, dearer."},
+        "background": {
+            "type": "boolean",
+            "description": (
+                "Run as a background job, for answers that take minutes: the answer comes at once with a job_id; "
+                "chatgpt_job_get gives the text so far and the result."
+            ),
+        },
         "session_id": {
             "type": "string",
             "pattern": UUID_PATTERN,
@@ -274,8 +282,15 @@ OUTPUT_SCHEMA = {
             "description": "turn: the messages and the usage were stored; usage_only: only the usage was (see notice).",
         },
         "notice": {"type": "string", "description": "Something about this turn the user should know."},
+        "job_id": {"type": "string", "description": "With background: the job that runs the turn."},
+        "status": {"type": "string", "description": "With background: the job's status (queued)."},
+        "poll_after_ms": {"type": "integer", "description": "With background: when to look again."},
     },
-    "required": ["content", "model", "usage", "cost_usd", "session_id", "message_ids", "latency_ms"],
+    # The answer of the turn, or (background: true) the job that runs it.
+    "anyOf": [
+        {"required": ["content", "model", "usage", "cost_usd", "session_id", "message_ids", "latency_ms"]},
+        {"required": ["job_id", "status", "poll_after_ms"]},
+    ],
 }
 TURN_INPUT_SCHEMA = {
     "type": "object",
@@ -294,6 +309,11 @@ TURN_OUTPUT_SCHEMA = {
     },
     "required": ["turn_id", "session_id", "message_ids", "usage_only", "reply"],
 }
+_TOOL_NAMES = {False: "chatgpt_complete", True: "chatgpt_stream"}
+# Models that routinely answer in minutes (README: Background jobs): the -pro and deep-research models, and
+# any reasoning model at effort high or xhigh.
+_SLOW_MODEL = re.compile(r"(^|-)(pro|deep-research)(-|$)")
+_SLOW_EFFORTS = frozenset({"high", "xhigh"})
 # Settings a call may give, over its model config's.
 _SETTINGS = ("temperature", "top_p", "reasoning_effort", "verbosity", "reasoning_summary", "service_tier")
 # Under a budget, web searches per call (each is billed), sent as max_tool_calls and reserved for.
@@ -380,6 +400,7 @@ _INPUT_NAMES = {
     "web_search": "web search",
 }
 _LIMIT_NAMES = {
+    "concurrent_jobs": "Concurrent jobs limit",
     "monthly_budget_usd": "Monthly budget",
     "requests_per_minute": "Requests-per-minute limit",
     "tokens_per_minute": "Tokens-per-minute limit",
@@ -401,6 +422,8 @@ def limit_error(prepared: dict[str, Any]) -> ToolError:
             f"${_plain(value)} a month: ${_plain(used)} spent so far this month, ${_plain(reserved)} held by "
             f"calls in progress, and this call could cost up to ${_plain(requested)}"
         )
+    elif kind == "concurrent_jobs":
+        detail = f"{value:g} background jobs at once: {used} queued or running"
     elif kind == "requests_per_minute":
         detail = f"{value:g} requests a minute: {used} in the last minute and {reserved} in progress"
     else:
@@ -409,7 +432,8 @@ def limit_error(prepared: dict[str, Any]) -> ToolError:
             f"and this call could use up to {requested}"
         )
     return ToolError(
-        f"{_LIMIT_NAMES[kind]} reached for {prepared['user_id']} ({detail}). It resets at {resets_at}.",
+        f"{_LIMIT_NAMES[kind]} reached for {prepared['user_id']} ({detail}). "
+        + (f"It resets at {resets_at}." if resets_at else "It frees up as a job ends (chatgpt_job_list)."),
         data={
             "limit": kind,
             "limit_value": value,
@@ -453,90 +477,67 @@ def _api_key(prepared: dict[str, Any]) -> tuple[str, str | None]:
     return server_key, None
 
 
-def register(registry: Registry, db: Database) -> None:
-    """Add chatgpt_complete and chatgpt_stream to the registry."""
-    from chalicelib.upstream import Upstream, UpstreamError
+class Completions:
+    """Completion turns, start to end: the upstream, the settings the SQL takes, and recording the turn."""
 
-    settings = get_settings()
-    upstream = Upstream(
-        base_url=settings.openai_base_url,
-        api=settings.upstream_api,
-        attempt_timeout=settings.upstream_attempt_timeout,
-        deadline=settings.upstream_timeout,
-        max_attempts=settings.upstream_attempts,
-    )
+    def __init__(self, db: Database, *, deadline: float | None = None, reservation_seconds: int | None = None) -> None:
+        from chalicelib.upstream import Upstream
 
-    limits = json.dumps(
-        {
-            "default_model": settings.default_model,
-            "limited_max_tokens": settings.limited_max_tokens,
-            "limited_max_tokens_reasoning": settings.limited_max_tokens_reasoning,
-            "limited_tool_calls": LIMITED_TOOL_CALLS,
-            "image_token_bound": IMAGE_TOKEN_BOUND,
-            "file_token_bound": FILE_TOKEN_BOUND,
-            "api": settings.upstream_api,
-            "official_openai": settings.official_openai,
-            "reservation_seconds": int(settings.upstream_timeout) + 60,
-            "server_key": settings.openai_api_key is not None,
-            # Lock waits end on the server before the client's own timeout would take them for a lost connection.
-            "lock_timeout_ms": max(100, int(settings.db_timeout * 800)),
-            **settings.default_limits,
-        }
-    )
-
-    def run(call: ToolCall, stream: bool) -> ToolResult:
-        credential = call.principal
-        assert isinstance(credential, auth.Credential)
-        args = call.arguments
-        messages = [_checked_message(message, index) for index, message in enumerate(args["messages"])]
-        for name in ("stop", "seed"):
-            if name in args and settings.upstream_api == "responses":
-                raise InvalidArguments(
-                    f"{name} exists only in Chat Completions, and this server speaks OpenAI's Responses API; "
-                    "leave it out. Nothing was sent.",
-                    data={"field": name},
-                )
-        turn_id = str(uuid.uuid4())
-        row = db.one(
-            "prepare_completion",
-            token_hash=credential.token_hash,
-            for_user=args.get("user_id"),
-            session_id=args.get("session_id"),
-            model_config=args.get("model_config"),
-            history_limit=settings.history_messages,
-            turn_id=turn_id,
-            model=args.get("model"),
-            max_tokens=args.get("max_tokens"),
-            messages=json.dumps(messages),
-            options=json.dumps(_options(args, messages)),
-            settings=limits,
+        settings = get_settings()
+        self.db = db
+        self.upstream = Upstream(
+            base_url=settings.openai_base_url,
+            api=settings.upstream_api,
+            attempt_timeout=deadline or settings.upstream_attempt_timeout,
+            deadline=deadline or settings.upstream_timeout,
+            max_attempts=settings.upstream_attempts,
         )
-        prepared: dict[str, Any] = row["prepared"] if row else {"error": "unauthenticated"}
-        error = prepared.get("error")
-        if error == "unauthenticated":
-            raise Unauthenticated()
-        call.log_fields["user"] = prepared["caller"]
-        if error == "limit":
-            raise limit_error(prepared)
-        if error == "quota":
-            raise ToolError(prepared["message"], data={k: prepared[k] for k in ("quota", "limit", "used", "requested")})
-        if error:
-            raise _PREPARE_ERRORS[error](args, prepared)
-        session = prepared.get("session")
-        request = _request(args, prepared)
-        streamed = [0]
+        self.limits = json.dumps(
+            {
+                "default_model": settings.default_model,
+                "limited_max_tokens": settings.limited_max_tokens,
+                "limited_max_tokens_reasoning": settings.limited_max_tokens_reasoning,
+                "limited_tool_calls": LIMITED_TOOL_CALLS,
+                "image_token_bound": IMAGE_TOKEN_BOUND,
+                "file_token_bound": FILE_TOKEN_BOUND,
+                "api": settings.upstream_api,
+                "official_openai": settings.official_openai,
+                # A reservation outlives the longest call it covers (a job's, for a job), then expires.
+                "reservation_seconds": reservation_seconds or int(settings.upstream_timeout) + 60,
+                "server_key": settings.openai_api_key is not None,
+                # Lock waits end on the server before the client's own timeout would take them for a lost
+                # connection.
+                "lock_timeout_ms": max(100, int(settings.db_timeout * 800)),
+                **settings.default_limits,
+            }
+        )
 
-        def on_delta(delta: str) -> None:
-            streamed[0] += len(delta)
-            call.report_progress(streamed[0], None, delta)
+    def finish_turn(
+        self,
+        *,
+        user_id: str,
+        session: dict[str, Any] | None,
+        turn_id: str,
+        messages: list[dict[str, Any]],
+        request: CompletionRequest,
+        stored_key: dict[str, Any] | None,
+        stream: bool,
+        on_delta: Callable[[str], None] | None,
+        log_fields: dict[str, Any],
+        cancelled: threading.Event | None = None,
+    ) -> ToolResult:
+        """Ask the upstream and record the turn, whatever happens: the answer, or a ToolError saying what
+        failed (and what was billed)."""
+        from chalicelib.upstream import UpstreamError
 
+        db, upstream, limits = self.db, self.upstream, self.limits
         # From here on the turn is recorded whatever happens: that also settles its reservation.
         failure: UpstreamError | ToolError | None = None
         api_key_id: str | None = None
         reply = None
         try:
-            api_key, api_key_id = _api_key(prepared)
-            reply = upstream.complete(api_key, request, stream=stream, on_delta=on_delta)
+            api_key, api_key_id = _api_key({"api_key": stored_key, "user_id": user_id})
+            reply = upstream.complete(api_key, request, stream=stream, on_delta=on_delta, cancelled=cancelled)
             outcome: dict[str, Any] = {
                 "status": "ok",
                 "content": reply.content,
@@ -566,7 +567,7 @@ def register(registry: Registry, db: Database) -> None:
         sanitized = _storable(outcome)
         recorded, how = _record(
             db,
-            user_id=prepared["user_id"],
+            user_id=user_id,
             session_id=session["id"] if session else None,
             turn_id=turn_id,
             # Only a session stores what was said; a one-off call sends just its usage.
@@ -576,12 +577,12 @@ def register(registry: Registry, db: Database) -> None:
             settings=limits,
         )
         if recorded is None:
-            _log_unrecorded(turn_id, prepared["user_id"], outcome, how)
+            _log_unrecorded(turn_id, user_id, outcome, how)
             raise _unrecorded_error(turn_id, how, outcome.get("content") if failure is None else None)
         if isinstance(failure, ToolError):
             raise failure
-        call.log_fields["metrics"] = [
-            telemetry.completion(call.name, outcome["model"], outcome, recorded["reply"].get("cost_usd"))
+        log_fields["metrics"] = [
+            telemetry.completion(_TOOL_NAMES[stream], outcome["model"], outcome, recorded["reply"].get("cost_usd"))
         ]
         notices = _notices(recorded, how, sanitized, session is not None)
         cost = jsonable(recorded["reply"]["cost_usd"])
@@ -639,6 +640,86 @@ def register(registry: Registry, db: Database) -> None:
         if notices:
             structured["notice"] = " ".join(notices)
         return ToolResult(structured=structured, text=_answer_text(reply, outcome, request.max_tokens))
+
+
+def register(registry: Registry, db: Database) -> None:
+    """Add chatgpt_complete, chatgpt_stream and chatgpt_turn_get to the registry."""
+    from chalicelib import jobs
+
+    settings = get_settings()
+    completions = Completions(db)
+    # A background turn's reservation is held for as long as its job may run.
+    background = Completions(db, reservation_seconds=int(settings.job_timeout) + 60)
+
+    def run(call: ToolCall, stream: bool) -> ToolResult:
+        credential = call.principal
+        assert isinstance(credential, auth.Credential)
+        args = call.arguments
+        messages = [_checked_message(message, index) for index, message in enumerate(args["messages"])]
+        for name in ("stop", "seed"):
+            if name in args and settings.upstream_api == "responses":
+                raise InvalidArguments(
+                    f"{name} exists only in Chat Completions, and this server speaks OpenAI's Responses API; "
+                    "leave it out. Nothing was sent.",
+                    data={"field": name},
+                )
+        turn_id = str(uuid.uuid4())
+        row = db.one(
+            "prepare_completion",
+            token_hash=credential.token_hash,
+            for_user=args.get("user_id"),
+            session_id=args.get("session_id"),
+            model_config=args.get("model_config"),
+            history_limit=settings.history_messages,
+            turn_id=turn_id,
+            model=args.get("model"),
+            max_tokens=args.get("max_tokens"),
+            messages=json.dumps(messages),
+            options=json.dumps(_options(args, messages)),
+            settings=(background if args.get("background") or call.task_requested else completions).limits,
+        )
+        prepared: dict[str, Any] = row["prepared"] if row else {"error": "unauthenticated"}
+        error = prepared.get("error")
+        if error == "unauthenticated":
+            raise Unauthenticated()
+        call.log_fields["user"] = prepared["caller"]
+        if error == "limit":
+            raise limit_error(prepared)
+        if error == "quota":
+            raise ToolError(prepared["message"], data={k: prepared[k] for k in ("quota", "limit", "used", "requested")})
+        if error:
+            raise _PREPARE_ERRORS[error](args, prepared)
+        request = _request(args, prepared)
+        as_task = call.task_requested and _judged_long(args, prepared)
+        if args.get("background") or as_task:
+            return jobs.start(
+                db,
+                background,
+                call=call,
+                prepared=prepared,
+                turn_id=turn_id,
+                messages=messages,
+                request=request,
+                stream=stream,
+                as_task=as_task,
+            )
+
+        def on_delta(delta: str) -> None:
+            streamed[0] += len(delta)
+            call.report_progress(streamed[0], None, delta)
+
+        streamed = [0]
+        return completions.finish_turn(
+            user_id=prepared["user_id"],
+            session=prepared.get("session"),
+            turn_id=turn_id,
+            messages=messages,
+            request=request,
+            stored_key=prepared.get("api_key"),
+            stream=stream,
+            on_delta=on_delta,
+            log_fields=call.log_fields,
+        )
 
     def get_turn(call: ToolCall) -> dict[str, Any]:
         principal = call.principal
@@ -702,10 +783,51 @@ def register(registry: Registry, db: Database) -> None:
     )
 
 
+def _judged_long(args: dict[str, Any], prepared: dict[str, Any]) -> bool:
+    """Whether a call is documented as slow enough to run as a job: asked to, or a slow model or effort."""
+    effort = prepared["options"].get("reasoning_effort")
+    return bool(
+        args.get("background")
+        or _SLOW_MODEL.search(prepared["model"])
+        or (prepared.get("reasoning") and effort in _SLOW_EFFORTS)
+    )
+
+
 def _from_config(prepared: dict[str, Any]) -> str:
     return (
         f" (from model config {prepared['config']!r})" if prepared.get("from_config") and prepared.get("config") else ""
     )
+
+
+def record_turn(
+    completions: Completions,
+    *,
+    user_id: str,
+    session_id: str | None,
+    turn_id: str,
+    messages: list[dict[str, Any]],
+    model: str,
+    content: str | None,
+    error: str,
+    usage: Usage | None,
+) -> dict[str, Any] | None:
+    """Record a turn that failed outside a call (a job whose worker died): its text so far and what it was
+    billed, through the same idempotent path; what the books hold, or None if the database could not take it."""
+    outcome: dict[str, Any] = {"status": "error", "content": content or None, "model": model, "error": error}
+    if usage is not None:
+        outcome.update(_usage_fields(usage))
+    _storable(outcome)
+    recorded, _ = _record(
+        completions.db,
+        user_id=user_id,
+        session_id=session_id,
+        turn_id=turn_id,
+        messages=json.dumps(messages) if session_id else "[]",
+        reply=json.dumps(outcome if session_id else {**outcome, "content": None}),
+        api_key_id=None,
+        settings=completions.limits,
+    )
+    return recorded
 
 
 def _invalid(index: int, text: str) -> InvalidArguments:

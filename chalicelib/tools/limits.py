@@ -60,6 +60,7 @@ QUOTA_DESCRIPTIONS = {
     "session_templates": "Session templates a user keeps (built-ins do not count).",
     "model_configs": "Model configs a user keeps.",
     "api_keys": "OpenAI keys a user keeps, active and revoked; storing one at the quota deletes the oldest revoked.",
+    "concurrent_jobs": "Background completions (jobs) a user has queued or running at once.",
 }
 
 

@@ -11,7 +11,7 @@ LANGUAGE sql STABLE AS $$
                 ELSE 'default' END
     FROM (VALUES ('monthly_budget_usd'), ('requests_per_minute'), ('tokens_per_minute'),
                  ('sessions'), ('messages_per_session'), ('bytes_per_session'), ('metadata_bytes_per_session'),
-                 ('session_templates'), ('model_configs'), ('api_keys')) AS k (kind)
+                 ('session_templates'), ('model_configs'), ('api_keys'), ('concurrent_jobs')) AS k (kind)
     LEFT JOIN usage_limits l ON l.user_id = p_user_id AND l.kind = k.kind
 $$;
 
