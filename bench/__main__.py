@@ -11,6 +11,7 @@ import sys
 FULL = [
     ["bench.gateway"],
     ["bench.gateway", "--api", "responses", "--http-calls", "0"],
+    ["bench.jobs"],
     ["bench.throughput"],
     ["bench.cold_start"],
     ["bench.analytics"],
@@ -19,6 +20,7 @@ FULL = [
 QUICK = [
     ["bench.gateway", "--calls", "200", "--http-calls", "50"],
     ["bench.gateway", "--api", "responses", "--calls", "200", "--http-calls", "0"],
+    ["bench.jobs", "--calls", "5", "--quick-calls", "50"],
     ["bench.throughput", "--completions", "64"],
     ["bench.cold_start", "--repeat", "3"],
     ["bench.analytics", "--messages", "100000", "--small", "25000", "--new", "2000"],

@@ -73,7 +73,9 @@ _NO_SUBSCRIBE = (
     "needs resources/subscribe: a stateless server has no stream to send updates on, and declares subscribe: false"
 )
 _TASKS = (
-    "needs the io.modelcontextprotocol/tasks extension (SEP-2663) and its fixture tools; the server declares neither"
+    "needs the reference server's fixture tools (greet, slow_compute, failing_job, protocol_error_job, "
+    "confirm_delete, multi_input, test_tool_with_task); the server declares io.modelcontextprotocol/tasks "
+    "(SEP-2663) for its completions, tested with its own tools in tests/test_jobs.py"
 )
 _SKILLS = (
     "needs the io.modelcontextprotocol/skills extension (SEP-2640), which the server does not declare "
@@ -238,10 +240,14 @@ TABLE: tuple[NotApplicable, ...] = (
             "mrtr-input",
             "request-headers",
             "dispatch-and-envelope",
-            "status-notifications",
             "required-task-error",
             "mrtr-composition",
         )
+    ),
+    NotApplicable(
+        "tasks-status-notifications",
+        "its one check is SKIPPED in the suite (pending the subscriptions/listen rewrite); status notifications are "
+        "optional, and a stateless server sends none",
     ),
     *(NotApplicable(f"sep-2640-skills-{name}", _SKILLS) for name in ("directory", "enumeration", "manifest")),
 )

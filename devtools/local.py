@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from pg8000.exceptions import DatabaseError
+
 from chalicelib import auth, migrate
-from chalicelib.db import SQL_DIR, Database, connection, load_queries
+from chalicelib.db import SQL_DIR, Database, DatabaseUnavailable, connection, load_queries
 from devtools import embedded, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +32,8 @@ STATE = Path(os.environ.get("CHITTY_RUN_DIR") or ROOT / ".chitty")
 INSPECTOR_NODE = "Node 22.19 or later"
 DEV_ADMIN = "dev-admin"
 DATABASE = "chitty"
+# How often `make run` looks for background jobs whose worker died.
+JOB_REAP_S = 5.0
 
 
 def database_url() -> str:
@@ -135,6 +139,7 @@ def main() -> int:
     print(client_config(f"http://127.0.0.1:{port}/mcp", token), flush=True)
     os.environ.update(CHITTY_DATABASE_URL=url, CHITTY_ENCRYPTION_KEY=encryption_key())
     server = serve.create("127.0.0.1", port)
+    _reap_jobs(url)
     _stop_on_signals()
     _stop_when_orphaned()
     try:
@@ -158,6 +163,24 @@ def _stop_on_signals() -> None:
     # SIGINT too: a shell starts background jobs with it ignored, which Python would otherwise keep.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
+
+
+def _reap_jobs(url: str) -> None:
+    """What the scheduled upkeep does on AWS, for background jobs: fail and bill those whose worker died,
+    every few seconds, so that a job nobody polls is booked all the same."""
+    from chalicelib import jobs
+
+    db = Database(url=url, queries=load_queries(SQL_DIR / "queries"))
+
+    def reap() -> None:
+        while True:
+            time.sleep(JOB_REAP_S)
+            try:
+                jobs.reap(db)
+            except (DatabaseUnavailable, DatabaseError) as error:  # the next round tries again
+                print(f"reaping jobs failed: {error}", flush=True)
+
+    threading.Thread(target=reap, name="job-reaper", daemon=True).start()
 
 
 def _stop_when_orphaned() -> None:

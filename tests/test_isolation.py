@@ -48,6 +48,11 @@ def own_turn(server, user) -> str:
     return result["structuredContent"]["turn_id"]
 
 
+def own_job(server, user) -> str:
+    result = result_of(server, user.token, "chatgpt_complete", {"messages": HI, "background": True})
+    return result["structuredContent"]["job_id"]
+
+
 def own_key(server, user) -> str:
     result = result_of(server, user.token, "chitty_api_key_set", {"api_key": "sk-theirs-" + uuid.uuid4().hex})
     return result["structuredContent"]["key_id"]
@@ -138,6 +143,9 @@ MATRIX: dict[str, list[IdArgument]] = {
         config_name("model_config", {"messages": HI}),
     ],
     "chatgpt_turn_get": [IdArgument("turn_id", own_turn, lambda: str(uuid.uuid4()), "not-a-uuid")],
+    "chatgpt_job_get": [IdArgument("job_id", own_job, lambda: str(uuid.uuid4()), "not-a-uuid")],
+    "chatgpt_job_cancel": [IdArgument("job_id", own_job, lambda: str(uuid.uuid4()), "not-a-uuid")],
+    "chatgpt_job_list": [user_id()],
     "chitty_chat_session_create": [
         user_id({"session_name": "x"}),
         config_name("model_config", {"session_name": "x"}),

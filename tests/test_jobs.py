@@ -339,3 +339,39 @@ def test_the_jobs_function_runs_the_job_it_is_given(monkeypatch, in_process, db,
     assert row["result"]["structuredContent"]["content"] == "echo: on lambda"
     # A second invocation of the same event (Lambda retries asynchronous ones) finds the job taken.
     assert service.run_job(event, Context()) == {"job_id": job_id, "status": None}
+
+
+def test_a_dead_workers_job_is_booked_even_if_nobody_polls_it(run_server, slow, alice, database_url):
+    job_id = start_job(run_server, alice)["structuredContent"]["job_id"]
+    time.sleep(3)
+    (worker,) = rows(database_url, "SELECT worker FROM completion_jobs WHERE id = CAST(:j AS uuid)", j=job_id)
+    os.kill(int(worker["worker"].removeprefix("pid ")), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # no chatgpt_job_get: `make run` reaps on its own, as the upkeep does
+        (state,) = rows(
+            database_url, "SELECT status, turn_id FROM completion_jobs WHERE id = CAST(:j AS uuid)", j=job_id
+        )
+        if state["status"] != "running":
+            break
+        time.sleep(0.5)
+    assert state["status"] == "failed"
+    (row,) = turn_rows(database_url, str(state["turn_id"]))
+    assert row["completion_tokens"] > 0
+    assert row["cost_usd"] > 0
+
+
+def test_finished_jobs_are_purged_after_their_retention(run_server, fake_openai, alice, db, database_url):
+    from chalicelib import jobs
+
+    job_id = start_job(run_server, alice, "keep me a while")["structuredContent"]["job_id"]
+    until(run_server, alice, job_id, lambda state: state["status"] == "completed")
+    jobs.purge(db)
+    assert job(run_server, alice, job_id)["status"] == "completed"  # a job within its retention stays
+    rows(
+        database_url,
+        "UPDATE completion_jobs SET finished_at = now() - interval '8 days' WHERE id = CAST(:j AS uuid) RETURNING id",
+        j=job_id,
+    )
+    assert jobs.purge(db) >= 1
+    gone = tool(run_server, alice, "chatgpt_job_get", {"job_id": job_id})
+    assert gone["isError"] is True

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 MODEL_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$"}
 TEXT = {"type": "string", "maxLength": 500_000}
-# An image or a file sent inline rides in the request: data URLs up to the request limit.
-INLINE_DATA = {"type": "string", "maxLength": 8_000_000}
+# An image or a file sent inline rides in the request: data URLs up to the request limit (1 MiB).
+INLINE_DATA = {"type": "string", "maxLength": 1_048_576}
 FUNCTION_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 PART = {
     "type": "object",
