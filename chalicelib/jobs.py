@@ -21,7 +21,10 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any
+
+from pg8000.exceptions import DatabaseError
 
 from chalicelib.config import get_settings
 from chalicelib.db import Database, DatabaseUnavailable
@@ -57,7 +60,8 @@ def start(
     stored = {
         "request": dataclasses.asdict(request),
         "messages": messages,
-        "api_key_id": (prepared.get("api_key") or {}).get("id"),
+        # How long the worker holds the turn's reservation once it starts: the longest a job may take.
+        "reservation_seconds": int(get_settings().job_timeout) + 60,
     }
     row = db.one(
         "enqueue_job",
@@ -78,7 +82,15 @@ def start(
 
         raise limit_error(queued)
     job_id = str(queued["job_id"])
-    dispatch(job_id)
+    try:
+        dispatch(job_id)
+    except Exception as error:
+        # Nothing was sent: the job ends here, and holds neither a slot nor a reservation.
+        logger.exception("a job could not be started", extra={"job_id": job_id})
+        message = "The background job could not be started; nothing was sent or billed. Try again shortly."
+        _finish(db, job_id, status="failed", content=None, result=None, error=message, data=None)
+        db.one("release_reservation", turn_id=turn_id)
+        raise ToolError(message, data={"job_id": job_id}) from error
     structured = {"job_id": job_id, "status": "queued", "poll_after_ms": POLL_AFTER_MS}
     text = (
         f"Started background job {job_id} ({request.model}). Follow it with chatgpt_job_get "
@@ -124,7 +136,7 @@ def dispatch(job_id: str) -> None:
 
 def run(db: Database, job_id: str, worker: str) -> str | None:
     """Run one job to its end as its worker; the status it ended with, or None if it was not ours to run."""
-    from chalicelib.tools.chat import Completions
+    from chalicelib.tools.chat import Completions, storable
     from chalicelib.upstream import CompletionRequest
 
     row = db.one("claim_job", job_id=job_id, worker=worker)
@@ -140,13 +152,15 @@ def run(db: Database, job_id: str, worker: str) -> str | None:
     beating = threading.Event()
 
     def beat() -> None:
-        # The heartbeat, with the text so far; a cancel shuts the upstream stream.
+        # The heartbeat, with the text so far. A cancel shuts the upstream stream; so does finding the job
+        # ended by a reaper (it took the worker for dead): what it streams on would be paid and unrecorded.
         while not beating.wait(HEARTBEAT_S):
             try:
-                answer = db.one("job_progress", job_id=job_id, content="".join(text))
-            except DatabaseUnavailable:
+                answer = db.one("job_progress", job_id=job_id, content=storable("".join(text)))
+            except (DatabaseUnavailable, DatabaseError) as error:
+                logger.warning("a job's heartbeat failed", extra={"job_id": job_id, "error": str(error)})
                 continue
-            if answer is not None and answer["cancel_requested"]:
+            if answer is None or answer["cancel_requested"]:
                 cancelled.set()
 
     heart = threading.Thread(target=beat, name=f"job-{job_id}", daemon=True)
@@ -166,69 +180,112 @@ def run(db: Database, job_id: str, worker: str) -> str | None:
             log_fields=log_fields,
             cancelled=cancelled,
         )
-        status, result = "completed", {"structuredContent": answer.structured, "text": answer.text}
+        status, result = "completed", storable({"structuredContent": answer.structured, "text": answer.text})
     except ToolError as failure:
         status = "cancelled" if cancelled.is_set() else "failed"
         error, data = failure.message, failure.data
     finally:
         beating.set()
         heart.join()
-    db.one(
-        "finish_job",
-        job_id=job_id,
-        status=status,
-        content="".join(text),
-        result=None if result is None else json.dumps(result),
-        error=error,
-        error_data=None if data is None else json.dumps(data, default=str),
-    )
+    _finish(db, job_id, status=status, content=storable("".join(text)), result=result, error=error, data=data)
     logger.info("job finished", extra={"job_id": job_id, "status": status, "worker": worker, **log_fields})
     return status
 
 
 def reap(db: Database) -> int:
     """Fail the jobs whose worker stopped, with their text kept and their usage recorded (estimated from what
-    was sent and what came back); a job lost before any worker took it is failed unbilled. How many."""
-    from chalicelib.tools.chat import Completions, record_turn
+    was sent and what came back); a job no worker took is failed unbilled, its reservation released. Each in
+    one transaction, with the job locked: a late worker then finds it ended and stops. How many."""
+    settings = get_settings()
+    thresholds = {"stale_seconds": settings.job_stale_seconds, "queued_seconds": QUEUED_TIMEOUT_S}
+    reaped = 0
+    for candidate in db.all("stale_jobs", **thresholds):
+        if db.transaction(lambda tx, job_id=str(candidate["id"]): _reap_one(tx, job_id, thresholds)):
+            reaped += 1
+    return reaped
+
+
+def _reap_one(tx: Any, job_id: str, thresholds: dict[str, float]) -> bool:
+    from chalicelib.tools.chat import Completions, failed_turn
     from chalicelib.upstream import estimate_usage
 
-    settings = get_settings()
-    stale = db.all("stale_jobs", stale_seconds=settings.job_stale_seconds, queued_seconds=QUEUED_TIMEOUT_S)
-    completions = Completions(db)
-    for job in stale:
-        stored = job["request"] or {}
-        started = job["status"] == "running"
-        usage = estimate_usage(stored.get("request", {}).get("messages", []), job["content"]) if started else None
+    job = tx.one("lock_stale_job", job_id=job_id, **thresholds)
+    if job is None:
+        return False  # it beat, it ended, or another reaper has it
+    stored = job["request"] or {}
+    turn_id = str(job["turn_id"])
+    if job["status"] == "queued":
+        message = "No worker took the job in time; nothing was sent or billed. Ask again."
+        tx.one("release_reservation", turn_id=turn_id)
+        recorded = None
+    else:
         message = (
-            f"The job's worker stopped (no sign of life for {settings.job_stale_seconds:g} s) after "
+            f"The job's worker stopped (no sign of life for {thresholds['stale_seconds']:g} s) after "
             f"{len(job['content'])} characters; the text so far is kept and what was used is billed."
-            if started
-            else "No worker took the job in time; nothing was sent or billed. Ask again."
         )
-        recorded = record_turn(
-            completions,
-            user_id=job["user_id"],
-            session_id=str(job["session_id"]) if job["session_id"] else None,
-            turn_id=str(job["turn_id"]),
+        sent = stored.get("request", {}).get("messages", [])
+        session_id = str(job["session_id"]) if job["session_id"] else None
+        turn = failed_turn(
+            session_id=session_id,
             messages=stored.get("messages", []),
             model=job["model"],
             content=job["content"],
             error=message,
-            usage=usage,
+            usage=estimate_usage(sent, job["content"]),
         )
-        if recorded is None:
-            continue  # the database could not take it: the next round tries again
-        db.one(
-            "finish_job",
-            job_id=str(job["id"]),
-            status="failed",
-            content=None,
-            result=None,
-            error=message,
-            error_data=json.dumps({"turn_id": str(job["turn_id"]), "cost_usd": recorded}, default=str),
+        row = tx.one(
+            "record_completion",
+            user_id=job["user_id"],
+            session_id=session_id,
+            turn_id=turn_id,
+            api_key_id=None,
+            settings=Completions.settings_json(),
+            **turn,
         )
-        logger.warning("job reaped", extra={"job_id": str(job["id"]), "was": job["status"]})
-    return len(stale)
+        recorded = row["recorded"] if row else None
+    cost = ((recorded or {}).get("reply") or {}).get("cost_usd")
+    tx.one(
+        "finish_job",
+        job_id=job_id,
+        status="failed",
+        content=None,
+        result=None,
+        error=message,
+        error_data=json.dumps({"turn_id": turn_id, "cost_usd": cost}, default=str),
+    )
+    logger.warning("job reaped", extra={"job_id": job_id, "was": job["status"]})
+    return True
+
+
+def _finish(
+    db: Database,
+    job_id: str,
+    *,
+    status: str,
+    content: str | None,
+    result: dict[str, Any] | None,
+    error: str | None,
+    data: dict[str, Any] | None,
+) -> None:
+    """Store how a job ended; tried again if the database is briefly away (it changes a job only once)."""
+    from chalicelib.tools.chat import storable
+
+    for attempt in range(3):
+        try:
+            db.one(
+                "finish_job",
+                job_id=job_id,
+                status=status,
+                content=content,
+                result=None if result is None else json.dumps(result),
+                error=error,
+                error_data=None if data is None else json.dumps(storable(data), default=str),
+            )
+            return
+        except DatabaseUnavailable:
+            if attempt == 2:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def purge(db: Database) -> int:

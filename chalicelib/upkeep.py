@@ -50,7 +50,11 @@ def refresh_usage(db: Database) -> dict[str, int | bool]:
     jobs whose worker died, and log the counts."""
     from chalicelib import jobs
 
-    result: dict[str, int | bool] = {"jobs_reaped": jobs.reap(db)}
+    result: dict[str, int | bool] = {}
+    try:
+        result["jobs_reaped"] = jobs.reap(db)
+    except Exception:  # noqa: BLE001 - the rollup below must run all the same; the next round reaps again
+        logger.exception("reaping jobs failed")
     result.update(asdict(roll_up_usage(db, budget_s=SCHEDULED_BUDGET_S)))
     logger.info("usage rolled up", extra=result)
     return result

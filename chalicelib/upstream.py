@@ -400,7 +400,9 @@ class Upstream:
         watchdog = _Watchdog(events.response, started + self.deadline - time.monotonic(), cancelled)
         reader = wire.Stream(request)
         try:
-            self._read_stream(events, reader, started, received, on_delta)
+            self._read_stream(events, reader, started, received, on_delta, cancelled)
+            # Reading the last event is part of the attempt: a malformed one is billed like a broken stream.
+            reply = reader.result()
         except Exception as error:
             # The upstream began answering, so the attempt was billed: what went out and what came back.
             billed = reader.billed()
@@ -422,7 +424,6 @@ class Upstream:
             raise _AttemptBroke(error, billed) from error
         finally:
             watchdog.done.set()
-        reply = reader.result()
         if reply is None:
             # The stream ended without its last event (the connection closed early): not a complete answer.
             cut = ConnectionError("the stream ended before its last event")
@@ -446,9 +447,12 @@ class Upstream:
         started: float,
         received: list[str],
         on_delta: Callable[[str], None] | None,
+        cancelled: threading.Event,
     ) -> None:
         with events:
             for event in events:
+                if cancelled.is_set():  # the watchdog shuts the socket too; this catches a transport without one
+                    raise ConnectionAbortedError("cancelled")
                 delta = reader.feed(event)
                 if delta:
                     received.append(delta)

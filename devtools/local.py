@@ -20,10 +20,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from pg8000.exceptions import DatabaseError
-
 from chalicelib import auth, migrate
-from chalicelib.db import SQL_DIR, Database, DatabaseUnavailable, connection, load_queries
+from chalicelib.db import SQL_DIR, Database, connection, load_queries
 from devtools import embedded, serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,8 +175,8 @@ def _reap_jobs(url: str) -> None:
             time.sleep(JOB_REAP_S)
             try:
                 jobs.reap(db)
-            except (DatabaseUnavailable, DatabaseError) as error:  # the next round tries again
-                print(f"reaping jobs failed: {error}", flush=True)
+            except Exception as error:  # noqa: BLE001 - whatever it was, the next round tries again
+                print(f"reaping jobs failed: {error!r}", flush=True)
 
     threading.Thread(target=reap, name="job-reaper", daemon=True).start()
 

@@ -375,3 +375,40 @@ def test_finished_jobs_are_purged_after_their_retention(run_server, fake_openai,
     assert jobs.purge(db) >= 1
     gone = tool(run_server, alice, "chatgpt_job_get", {"job_id": job_id})
     assert gone["isError"] is True
+
+
+def test_a_job_whose_text_postgresql_cannot_hold_still_completes(run_server, fake_openai, alice):
+    from devtools.fake_openai import Reply
+
+    fake_openai.script(Reply("nul\x00 and half a pair \ud800 here"))
+    job_id = start_job(run_server, alice)["structuredContent"]["job_id"]
+    done = until(run_server, alice, job_id, lambda state: state["status"] == "completed")
+    assert done["content"] == "nul\ufffd and half a pair \ufffd here"
+    assert "U+FFFD" in done["result"]["notice"]
+
+
+def test_a_job_that_cannot_be_started_ends_and_holds_nothing(monkeypatch, in_process, db, make_user, database_url):
+    from chalicelib import auth, jobs
+    from chalicelib.mcp import ToolCall, ToolError
+    from chalicelib.tools import build_registry
+
+    user = make_user()
+    db.one("set_limit", user_id=user.user_id, kind="monthly_budget_usd", value="5")
+
+    def unreachable(job_id: str) -> None:
+        raise ConnectionError("the Lambda API is unreachable")
+
+    monkeypatch.setattr(jobs, "dispatch", unreachable)
+    handler = build_registry(db).tools["chatgpt_complete"].handler
+    arguments = {"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4.1-mini", "background": True}
+    with pytest.raises(ToolError, match="could not be started; nothing was sent") as refused:
+        handler(
+            ToolCall(
+                name="chatgpt_complete", arguments=arguments, principal=auth.Credential(auth.hash_token(user.token))
+            )
+        )
+    job_id = refused.value.data["job_id"]
+    (row,) = rows(database_url, "SELECT status, turn_id FROM completion_jobs WHERE id = CAST(:j AS uuid)", j=job_id)
+    assert row["status"] == "failed"
+    held = rows(database_url, "SELECT count(*) AS n FROM usage_reservations WHERE user_id = :u", u=user.user_id)
+    assert held[0]["n"] == 0

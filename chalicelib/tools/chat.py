@@ -492,7 +492,13 @@ class Completions:
             deadline=deadline or settings.upstream_timeout,
             max_attempts=settings.upstream_attempts,
         )
-        self.limits = json.dumps(
+        self.limits = self.settings_json(reservation_seconds)
+
+    @staticmethod
+    def settings_json(reservation_seconds: int | None = None) -> str:
+        """What the completion functions in SQL read of the settings, as they take it (a JSON object)."""
+        settings = get_settings()
+        return json.dumps(
             {
                 "default_model": settings.default_model,
                 "limited_max_tokens": settings.limited_max_tokens,
@@ -799,35 +805,36 @@ def _from_config(prepared: dict[str, Any]) -> str:
     )
 
 
-def record_turn(
-    completions: Completions,
+def failed_turn(
     *,
-    user_id: str,
     session_id: str | None,
-    turn_id: str,
     messages: list[dict[str, Any]],
     model: str,
     content: str | None,
     error: str,
     usage: Usage | None,
-) -> dict[str, Any] | None:
-    """Record a turn that failed outside a call (a job whose worker died): its text so far and what it was
-    billed, through the same idempotent path; what the books hold, or None if the database could not take it."""
+) -> dict[str, str]:
+    """The record_completion arguments of a turn that failed outside a call (a job whose worker died): its
+    text so far and what it was billed, stored as any failed turn is."""
     outcome: dict[str, Any] = {"status": "error", "content": content or None, "model": model, "error": error}
     if usage is not None:
         outcome.update(_usage_fields(usage))
     _storable(outcome)
-    recorded, _ = _record(
-        completions.db,
-        user_id=user_id,
-        session_id=session_id,
-        turn_id=turn_id,
-        messages=json.dumps(messages) if session_id else "[]",
-        reply=json.dumps(outcome if session_id else {**outcome, "content": None}),
-        api_key_id=None,
-        settings=completions.limits,
-    )
-    return recorded
+    return {
+        "messages": json.dumps(messages) if session_id else "[]",
+        "reply": json.dumps(outcome if session_id else {**outcome, "content": None}),
+    }
+
+
+def storable(value: Any) -> Any:
+    """A JSON value with what PostgreSQL cannot hold in text (NUL, lone surrogates) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
 
 
 def _invalid(index: int, text: str) -> InvalidArguments:

@@ -49,6 +49,13 @@ LANGUAGE sql AS $$
         SET status = 'running', worker = p_worker, started_at = now(), heartbeat_at = now(), updated_at = now()
         WHERE id = p_job_id AND status = 'queued'
         RETURNING *
+    ), held AS (
+        -- The reservation is held for as long as the job may now run, however long it waited in the queue.
+        UPDATE usage_reservations r
+        SET expires_at = greatest(r.expires_at,
+                                  now() + make_interval(secs => (c.request ->> 'reservation_seconds')::integer))
+        FROM claimed c
+        WHERE r.turn_id = c.turn_id
     )
     SELECT jsonb_build_object(
                'job_id', c.id, 'user_id', c.user_id, 'turn_id', c.turn_id, 'session_id', c.session_id,
@@ -58,8 +65,10 @@ LANGUAGE sql AS $$
                    'nonce', encode(k.nonce, 'base64'), 'fingerprint', k.key_fingerprint,
                    'wrapped_data_key', encode(k.wrapped_data_key, 'base64')) END)
     FROM claimed c
-    LEFT JOIN api_keys k ON k.id = (c.request ->> 'api_key_id')::uuid AND k.status = 'active'
+    -- The user's key as it is now (as prepare_completion reads it), should they have changed it meanwhile.
+    LEFT JOIN api_keys k ON k.user_id = c.user_id AND k.status = 'active'
 $$;
 
 COMMENT ON FUNCTION claim_job(uuid, text) IS
-    'A worker takes a queued job (once: a second claim gets NULL), with the request and the sealed key it needs.';
+    'A worker takes a queued job (once: a second claim gets NULL), with the request and the sealed key it needs, '
+    'and holds its reservation for as long as it may run.';

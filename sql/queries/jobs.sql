@@ -54,14 +54,24 @@ WHERE j.id = CAST(:job_id AS uuid) AND (j.user_id = :caller OR CAST(:caller_is_a
 RETURNING j.id, j.status, j.turn_id, j.user_id;
 
 -- name: stale_jobs
--- Jobs whose worker stopped: running with no heartbeat for :stale_seconds, or queued for :queued_seconds
--- without a worker taking them. What the reaper needs to bill them.
-SELECT j.id, j.user_id, j.turn_id, j.session_id, j.status, j.model, j.content, j.request
+-- Jobs whose worker seems to have stopped: running with no heartbeat for :stale_seconds, or queued for
+-- :queued_seconds without a worker taking them.
+SELECT j.id
 FROM completion_jobs j
 WHERE (j.status = 'running' AND j.heartbeat_at < now() - make_interval(secs => CAST(:stale_seconds AS double precision)))
    OR (j.status = 'queued' AND j.created_at < now() - make_interval(secs => CAST(:queued_seconds AS double precision)))
 ORDER BY j.created_at
 LIMIT 100;
+
+-- name: lock_stale_job
+-- One of those, locked for its reaping if it is still stale (a worker's claim or heartbeat waits for the lock,
+-- and then finds the job ended); NULL when it is not, or another reaper has it.
+SELECT j.id, j.user_id, j.turn_id, j.session_id, j.status, j.model, j.content, j.request
+FROM completion_jobs j
+WHERE j.id = CAST(:job_id AS uuid)
+  AND ((j.status = 'running' AND j.heartbeat_at < now() - make_interval(secs => CAST(:stale_seconds AS double precision)))
+       OR (j.status = 'queued' AND j.created_at < now() - make_interval(secs => CAST(:queued_seconds AS double precision))))
+FOR UPDATE SKIP LOCKED;
 
 -- name: purge_jobs
 -- Finished jobs past their retention.
