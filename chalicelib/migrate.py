@@ -15,10 +15,12 @@ catalogue/<file>), and a session-level advisory lock serialises concurrent runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,8 +225,7 @@ def _apply_migrations(conn: pg8000.native.Connection, migrations: list[Migration
             )
     pending = [migration for migration in migrations if migration.version not in applied]
     for migration in pending:
-        conn.run("BEGIN")
-        try:
+        with _transaction(conn, f"sql/migrations/{migration.file_name} failed and was rolled back"):
             conn.run(migration.sql)
             conn.run(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
@@ -232,16 +233,23 @@ def _apply_migrations(conn: pg8000.native.Connection, migrations: list[Migration
                 n=migration.name,
                 c=migration.checksum,
             )
-            conn.run("COMMIT")
-        except DatabaseError as error:
-            conn.run("ROLLBACK")
-            raise MigrationError(
-                f"sql/migrations/{migration.file_name} failed and was rolled back: {error_message(error)}"
-            ) from error
-        except Exception:
-            conn.run("ROLLBACK")
-            raise
     return pending
+
+
+@contextlib.contextmanager
+def _transaction(conn: pg8000.native.Connection, failed: str) -> Iterator[None]:
+    """One transaction: committed when the block ends, rolled back whatever escapes it; a database error
+    becomes a MigrationError that begins with `failed`."""
+    conn.run("BEGIN")
+    try:
+        yield
+        conn.run("COMMIT")
+    except DatabaseError as error:
+        conn.run("ROLLBACK")
+        raise MigrationError(f"{failed}: {error_message(error)}") from error
+    except BaseException:
+        conn.run("ROLLBACK")
+        raise
 
 
 def _apply_definitions(conn: pg8000.native.Connection, definitions: list[Definition]) -> list[Definition]:
@@ -293,8 +301,7 @@ def _import_catalogues(conn: pg8000.native.Connection, catalogues: list[Catalogu
             models = pricing.parse(catalogue.text, f"sql/{catalogue.file_name}")
         except pricing.CatalogueError as error:
             raise MigrationError(f"{error}; nothing of it was imported") from None
-        conn.run("BEGIN")
-        try:
+        with _transaction(conn, f"sql/{catalogue.file_name} failed to import and was rolled back"):
             rows = conn.run(
                 "SELECT import_model_catalogue(CAST(:models AS jsonb), now(), CAST(:first AS timestamptz))::text",
                 models=json.dumps(models),
@@ -306,15 +313,6 @@ def _import_catalogues(conn: pg8000.native.Connection, catalogues: list[Catalogu
                 n=catalogue.file_name,
                 c=catalogue.checksum,
             )
-            conn.run("COMMIT")
-        except DatabaseError as error:
-            conn.run("ROLLBACK")
-            raise MigrationError(
-                f"sql/{catalogue.file_name} failed to import and was rolled back: {error_message(error)}"
-            ) from error
-        except BaseException:
-            conn.run("ROLLBACK")
-            raise
         reports[catalogue.file_name] = pricing.ImportReport.from_json(rows[0][0])
     gone = sorted(set(recorded) - {catalogue.file_name for catalogue in catalogues})
     if gone:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
+import pg8000.native
 import pytest
 
 from chalicelib import auth, migrate
@@ -75,6 +76,22 @@ class User:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture(scope="module")
+def conn(database_url: str) -> Iterator[pg8000.native.Connection]:
+    """A raw connection to the test run's database in autocommit: each statement is its own transaction,
+    with its own now()."""
+    with connection(database_url) as raw:
+        yield raw
+
+
+@pytest.fixture(scope="module")
+def user_id(conn: pg8000.native.Connection) -> str:
+    """A user of the module's own, made with plain SQL."""
+    user = f"user-{uuid.uuid4().hex[:10]}"
+    conn.run("INSERT INTO users (id, display_name) VALUES (:id, :id)", id=user)
+    return user
 
 
 @pytest.fixture

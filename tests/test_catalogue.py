@@ -62,20 +62,6 @@ def usd(per_million: str, tokens: int) -> Decimal:
     return Decimal(per_million) * tokens / MILLION
 
 
-@pytest.fixture(scope="module")
-def conn(database_url: str) -> Iterator[pg8000.native.Connection]:
-    """A raw connection to the test run's database (migrated: the bundled catalogue is imported)."""
-    with connection(database_url) as raw:
-        yield raw
-
-
-@pytest.fixture(scope="module")
-def user_id(conn: pg8000.native.Connection) -> str:
-    user = f"catalogue-{uuid.uuid4().hex[:10]}"
-    conn.run("INSERT INTO users (id, display_name) VALUES (:id, :id)", id=user)
-    return user
-
-
 @pytest.fixture
 def fresh_database_url(admin_database_url: str) -> Iterator[str]:
     """A database of its own, migrated (the bundled catalogue imported), for tests that count every row."""

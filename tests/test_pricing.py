@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 import pg8000.native
 import pytest
 
-from chalicelib.db import connection
 from devtools.fake_openai import make_usage
 from tests.clients import MODERN, run_cli, with_client
 
@@ -53,20 +51,6 @@ def rows(conn: pg8000.native.Connection, sql: str, **params: Any) -> list[dict[s
     result = conn.run(sql, **params)
     names = [column["name"] for column in conn.columns or []]
     return [dict(zip(names, row, strict=True)) for row in result or []]
-
-
-@pytest.fixture(scope="module")
-def conn(database_url: str) -> Iterator[pg8000.native.Connection]:
-    """A raw connection in autocommit: each statement is its own transaction, with its own now()."""
-    with connection(database_url) as raw:
-        yield raw
-
-
-@pytest.fixture(scope="module")
-def user_id(conn: pg8000.native.Connection) -> str:
-    user = f"pricing-{uuid.uuid4().hex[:10]}"
-    conn.run("INSERT INTO users (id, display_name) VALUES (:id, :id)", id=user)
-    return user
 
 
 def throwaway_model() -> str:
