@@ -3,10 +3,10 @@
 
 -- One round trip per request: find the live token, refresh last_used_at at most once a minute.
 CREATE OR REPLACE FUNCTION authenticate_token(p_token_hash text)
-RETURNS TABLE (user_id text, role text, token_id uuid)
+RETURNS TABLE (user_id text, role text, token_id uuid, scope text, resource text)
 LANGUAGE sql AS $$
     WITH live AS (
-        SELECT t.id, t.user_id, u.role, t.last_used_at
+        SELECT t.id, t.user_id, u.role, t.last_used_at, t.scope, t.resource
         FROM access_tokens t
         JOIN users u ON u.id = t.user_id
         WHERE t.token_hash = p_token_hash
@@ -18,8 +18,9 @@ LANGUAGE sql AS $$
         WHERE t.id = live.id
           AND (live.last_used_at IS NULL OR live.last_used_at < now() - interval '1 minute')
     )
-    SELECT live.user_id, live.role, live.id FROM live
+    SELECT live.user_id, live.role, live.id, live.scope, live.resource FROM live
 $$;
 
 COMMENT ON FUNCTION authenticate_token(text) IS
-    'The user behind a live (not revoked, not expired) token hash, or no row.';
+    'The user behind a live (not revoked, not expired) token hash, or no row; for an OAuth token also its scope '
+    'and the resource it is bound to.';

@@ -1,0 +1,97 @@
+-- OAuth 2.1: redeem a code, rotate a refresh token, revoke a grant; each one round trip, each atomic.
+-- The current definition; `migrate` re-applies this file whenever it changes (README: Development).
+
+-- Redeem an authorization code in one round trip: PKCE, client, redirect URI and resource checked, the code
+-- burnt, the grant and its first tokens created. A code seen twice revokes what it produced.
+CREATE OR REPLACE FUNCTION oauth_redeem_code(
+    p_code_hash text, p_client_id text, p_redirect_uri text, p_code_challenge text, p_resource text,
+    p_access_hash text, p_refresh_hash text, p_access_ttl interval, p_refresh_ttl interval)
+RETURNS TABLE (error text, user_id text, scope text, grant_id uuid)
+LANGUAGE plpgsql AS $$
+DECLARE
+    c oauth_codes;
+    g uuid;
+BEGIN
+    SELECT * INTO c FROM oauth_codes WHERE code_hash = p_code_hash FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'invalid_grant', NULL::text, NULL::text, NULL::uuid; RETURN;
+    END IF;
+    IF c.used_at IS NOT NULL THEN
+        UPDATE oauth_grants SET revoked_at = coalesce(revoked_at, now()) WHERE id = c.grant_id;
+        UPDATE access_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE access_tokens.grant_id = c.grant_id;
+        RETURN QUERY SELECT 'invalid_grant', NULL::text, NULL::text, NULL::uuid; RETURN;
+    END IF;
+    UPDATE oauth_codes SET used_at = now() WHERE code_hash = p_code_hash;   -- burnt, whatever follows
+    IF c.expires_at <= now() OR c.client_id <> p_client_id OR c.redirect_uri <> p_redirect_uri
+       OR c.code_challenge <> p_code_challenge OR (p_resource IS NOT NULL AND c.resource <> p_resource) THEN
+        RETURN QUERY SELECT 'invalid_grant', NULL::text, NULL::text, NULL::uuid; RETURN;
+    END IF;
+    INSERT INTO oauth_grants (user_id, client_id, scope, resource)
+    VALUES (c.user_id, c.client_id, c.scope, c.resource) RETURNING id INTO g;
+    UPDATE oauth_codes SET grant_id = g WHERE code_hash = p_code_hash;
+    INSERT INTO access_tokens (user_id, token_hash, label, expires_at, grant_id, scope, resource)
+    VALUES (c.user_id, p_access_hash, 'oauth ' || c.client_id, now() + p_access_ttl, g, c.scope, c.resource);
+    INSERT INTO oauth_refresh_tokens (token_hash, grant_id, expires_at) VALUES (p_refresh_hash, g, now() + p_refresh_ttl);
+    RETURN QUERY SELECT NULL::text, c.user_id, c.scope, g;
+END
+$$;
+
+-- Rotate a refresh token: the old one is spent, a new pair is issued. A spent token presented again
+-- (stolen, or replayed) revokes the grant and every token issued under it (OAuth 2.1 4.3.1).
+CREATE OR REPLACE FUNCTION oauth_refresh(
+    p_refresh_hash text, p_client_id text, p_resource text,
+    p_access_hash text, p_new_refresh_hash text, p_access_ttl interval, p_refresh_ttl interval)
+RETURNS TABLE (error text, user_id text, scope text, grant_id uuid)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r oauth_refresh_tokens;
+    g oauth_grants;
+BEGIN
+    SELECT * INTO r FROM oauth_refresh_tokens WHERE token_hash = p_refresh_hash FOR UPDATE;
+    IF FOUND THEN
+        SELECT * INTO g FROM oauth_grants WHERE id = r.grant_id FOR UPDATE;
+    END IF;
+    IF NOT FOUND OR g.revoked_at IS NOT NULL OR g.client_id <> p_client_id THEN
+        RETURN QUERY SELECT 'invalid_grant', NULL::text, NULL::text, NULL::uuid; RETURN;
+    END IF;
+    IF r.rotated_at IS NOT NULL THEN
+        UPDATE oauth_grants SET revoked_at = now() WHERE id = g.id;
+        UPDATE access_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE access_tokens.grant_id = g.id;
+        RETURN QUERY SELECT 'invalid_grant', NULL::text, NULL::text, NULL::uuid; RETURN;
+    END IF;
+    IF r.expires_at <= now() OR (p_resource IS NOT NULL AND p_resource <> g.resource) THEN
+        RETURN QUERY SELECT CASE WHEN r.expires_at <= now() THEN 'invalid_grant' ELSE 'invalid_target' END,
+                            NULL::text, NULL::text, NULL::uuid; RETURN;
+    END IF;
+    UPDATE oauth_refresh_tokens SET rotated_at = now() WHERE token_hash = p_refresh_hash;
+    INSERT INTO oauth_refresh_tokens (token_hash, grant_id, expires_at) VALUES (p_new_refresh_hash, g.id, now() + p_refresh_ttl);
+    INSERT INTO access_tokens (user_id, token_hash, label, expires_at, grant_id, scope, resource)
+    VALUES (g.user_id, p_access_hash, 'oauth ' || g.client_id, now() + p_access_ttl, g.id, g.scope, g.resource);
+    RETURN QUERY SELECT NULL::text, g.user_id, g.scope, g.id;
+END
+$$;
+
+-- RFC 7009: revoke the grant behind an access or refresh token of this client. Unknown tokens are not an error.
+CREATE OR REPLACE FUNCTION oauth_revoke(p_token_hash text, p_client_id text)
+RETURNS boolean LANGUAGE sql AS $$
+    WITH target AS (
+        SELECT grant_id FROM oauth_refresh_tokens WHERE token_hash = p_token_hash
+        UNION ALL
+        SELECT grant_id FROM access_tokens WHERE token_hash = p_token_hash AND grant_id IS NOT NULL
+    ), g AS (
+        UPDATE oauth_grants SET revoked_at = coalesce(revoked_at, now())
+        WHERE id IN (SELECT grant_id FROM target) AND client_id = p_client_id
+        RETURNING id
+    ), t AS (
+        UPDATE access_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE grant_id IN (SELECT id FROM g)
+    )
+    SELECT EXISTS (SELECT 1 FROM g)
+$$;
+
+COMMENT ON FUNCTION oauth_redeem_code(text, text, text, text, text, text, text, interval, interval) IS
+    'Redeem an authorization code (PKCE S256, client, redirect URI, resource): burnt whatever follows; a code '
+    'redeemed twice revokes the grant it produced.';
+COMMENT ON FUNCTION oauth_refresh(text, text, text, text, text, interval, interval) IS
+    'Exchange a refresh token for a new pair; a spent one presented again revokes its grant and its tokens.';
+COMMENT ON FUNCTION oauth_revoke(text, text) IS
+    'RFC 7009: revoke the grant behind an access or refresh token of the client; false for an unknown token.';

@@ -1,0 +1,135 @@
+"""The OAuth 2.1 grant functions in SQL: codes burnt once, PKCE checked, refresh tokens rotated, reuse and
+replay revoking the whole grant, revocation; and authenticate_token telling an OAuth token's scope and resource."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+
+import pg8000.native
+import pytest
+
+from chalicelib.db import connection
+
+CLIENT = "client-" + "a" * 16
+REDIRECT = "http://127.0.0.1:9/cb"
+RESOURCE = "https://chitty.example/api/mcp"
+CHALLENGE = "C" * 43
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[pg8000.native.Connection]:
+    with connection(database_url) as raw:
+        yield raw
+
+
+@pytest.fixture
+def user(conn) -> str:
+    user_id = f"oauth-{uuid.uuid4().hex[:8]}"
+    conn.run("INSERT INTO users (id, display_name) VALUES (:u, :u)", u=user_id)
+    conn.run(
+        "INSERT INTO oauth_clients (client_id, kind, client_name, redirect_uris) "
+        "VALUES (:c, 'registered', 'Test', ARRAY[:r]) ON CONFLICT DO NOTHING",
+        c=CLIENT,
+        r=REDIRECT,
+    )
+    return user_id
+
+
+def new_code(conn, user: str) -> str:
+    code = uuid.uuid4().hex
+    conn.run(
+        "INSERT INTO oauth_codes (code_hash, user_id, client_id, redirect_uri, scope, resource, code_challenge, "
+        "expires_at) VALUES (:h, :u, :c, :r, 'mcp', :res, :ch, now() + interval '60 seconds')",
+        h=digest(code),
+        u=user,
+        c=CLIENT,
+        r=REDIRECT,
+        res=RESOURCE,
+        ch=CHALLENGE,
+    )
+    return code
+
+
+def redeem(conn, code: str, challenge: str = CHALLENGE, resource: str | None = None) -> tuple[str | None, str, str]:
+    access, refresh = uuid.uuid4().hex, uuid.uuid4().hex
+    ((error, _, _, _),) = conn.run(
+        "SELECT * FROM oauth_redeem_code(:h, :c, :r, :ch, :res, :a, :f, '1 hour', '30 days')",
+        h=digest(code),
+        c=CLIENT,
+        r=REDIRECT,
+        ch=challenge,
+        res=resource,
+        a=digest(access),
+        f=digest(refresh),
+    )
+    return error, access, refresh
+
+
+def refresh(conn, token: str) -> tuple[str | None, str, str]:
+    access, new_refresh = uuid.uuid4().hex, uuid.uuid4().hex
+    ((error, _, _, _),) = conn.run(
+        "SELECT * FROM oauth_refresh(:t, :c, NULL, :a, :f, '1 hour', '30 days')",
+        t=digest(token),
+        c=CLIENT,
+        a=digest(access),
+        f=digest(new_refresh),
+    )
+    return error, access, new_refresh
+
+
+def live(conn, token: str) -> list[list[object]]:
+    return conn.run("SELECT user_id, scope, resource FROM authenticate_token(:h)", h=digest(token))
+
+
+def test_a_wrong_verifier_burns_the_code(conn, user):
+    code = new_code(conn, user)
+    assert redeem(conn, code, challenge="X" * 43)[0] == "invalid_grant"
+    assert redeem(conn, code)[0] == "invalid_grant"
+
+
+def test_a_redeemed_code_gives_a_token_bound_to_its_resource(conn, user):
+    error, access, _ = redeem(conn, new_code(conn, user), resource=RESOURCE)
+    assert error is None
+    assert live(conn, access) == [[user, "mcp", RESOURCE]]
+
+
+def test_a_code_for_another_resource_is_refused(conn, user):
+    assert redeem(conn, new_code(conn, user), resource="https://elsewhere.example/mcp")[0] == "invalid_grant"
+
+
+def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_grant(conn, user):
+    _, first_access, first_refresh = redeem(conn, new_code(conn, user))
+    error, second_access, second_refresh = refresh(conn, first_refresh)
+    assert error is None
+    assert live(conn, second_access)
+    assert refresh(conn, first_refresh)[0] == "invalid_grant"  # reused: stolen, or replayed
+    assert live(conn, first_access) == []
+    assert live(conn, second_access) == []
+    assert refresh(conn, second_refresh)[0] == "invalid_grant"
+
+
+def test_a_replayed_code_revokes_what_it_produced(conn, user):
+    code = new_code(conn, user)
+    _, access, _ = redeem(conn, code)
+    assert live(conn, access)
+    assert redeem(conn, code)[0] == "invalid_grant"
+    assert live(conn, access) == []
+
+
+def test_revocation_stops_the_grant_and_an_unknown_token_is_no_error(conn, user):
+    _, access, refresh_token = redeem(conn, new_code(conn, user))
+    assert conn.run("SELECT oauth_revoke(:h, :c)", h=digest(refresh_token), c=CLIENT) == [[True]]
+    assert conn.run("SELECT oauth_revoke(:h, :c)", h=digest("unknown"), c=CLIENT) == [[False]]
+    assert live(conn, access) == []
+
+
+def test_a_personal_token_has_no_scope_and_no_resource(conn, user):
+    token = uuid.uuid4().hex
+    conn.run("INSERT INTO access_tokens (user_id, token_hash, label) VALUES (:u, :h, 'cli')", u=user, h=digest(token))
+    assert live(conn, token) == [[user, None, None]]
