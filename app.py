@@ -38,6 +38,32 @@ def jobs(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return service.run_job(event, context)
 
 
+@app.route("/.well-known/oauth-protected-resource", methods=["GET"])
+@app.route("/.well-known/oauth-protected-resource/mcp", methods=["GET"])
+def protected_resource_metadata() -> Response:
+    return _discovery("protected_resource")
+
+
+@app.route("/.well-known/oauth-authorization-server", methods=["GET"])
+def authorization_server_metadata() -> Response:
+    return _discovery("authorization_server")
+
+
+@app.route("/.well-known/openid-configuration", methods=["GET"])
+def openid_configuration() -> Response:
+    return _discovery("openid")
+
+
+@app.route("/jwks", methods=["GET"])
+def jwks() -> Response:
+    return _discovery("jwks")
+
+
+def _discovery(document: str) -> Response:
+    status, body = service.discovery(document)
+    return Response(body=body, status_code=status, headers=dict(service.DISCOVERY_HEADERS))
+
+
 @app.route("/health", methods=["GET"])
 def health() -> Response:
     status, body = service.health()

@@ -7,6 +7,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
+from chalicelib.config import get_settings
 from chalicelib.db import Database
 
 TOKEN_PREFIX = "chitty_"
@@ -65,6 +66,6 @@ def authenticate(db: Database, authorization: str | None, *, defer: bool = False
     if defer:
         return Credential(token_hash=hash_token(token))
     row = db.one("authenticate_token", token_hash=hash_token(token))
-    if row is None:
-        return None
+    if row is None or row["resource"] not in (None, get_settings().resource):
+        return None  # an OAuth token bound to another resource is refused here (RFC 8707)
     return Principal(user_id=row["user_id"], role=row["role"], token_id=row["token_id"])

@@ -147,6 +147,7 @@ class Settings:
     default_limits: dict[str, float]
     upstream_api: str
     job_runner: str
+    public_url: str | None
     job_function: str
     job_timeout: float
     job_retention_days: float
@@ -173,6 +174,11 @@ class Settings:
     def encryption_key(self) -> str | None:
         """CHITTY_ENCRYPTION_KEY, which seals stored keys locally (a secret setting)."""
         return self.secret("CHITTY_ENCRYPTION_KEY")
+
+    @property
+    def resource(self) -> str | None:
+        """The MCP endpoint's public URL: what OAuth tokens are bound to (RFC 8707). None without CHITTY_PUBLIC_URL."""
+        return None if self.public_url is None else f"{self.public_url}/mcp"
 
     @property
     def official_openai(self) -> bool:
@@ -251,6 +257,7 @@ def get_settings() -> Settings:
         # A reasoning model spends output tokens thinking before it writes: its cap leaves room for both.
         limited_max_tokens_reasoning=int(os.environ.get("CHITTY_LIMITED_MAX_TOKENS_REASONING", "32768")),
         default_limits=_default_limits(),
+        public_url=(os.environ.get("CHITTY_PUBLIC_URL") or "").rstrip("/") or None,
         job_runner=_job_runner(os.environ.get("CHITTY_JOB_RUNNER", "")),
         job_function=os.environ.get("CHITTY_JOB_FUNCTION")
         or f"chitty-chatgpt-mcp-{os.environ.get('CHITTY_STAGE', 'dev')}-jobs",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from chalicelib.logs import logger, request_line
 from chalicelib.mcp import HttpRequest, HttpResponse, JsonRpcError, McpServer, ServerInfo
 from chalicelib.mcp.errors import UNAVAILABLE
 from chalicelib.migrate import apply, expected_schema
+from chalicelib.oauth.metadata import challenge
 
 UNDEFINED_TABLE = "42P01"
 # Debug logs show only headers known to carry no credential: a token can hide in any other
@@ -72,6 +74,7 @@ def mcp_server() -> McpServer:
         allowed_hosts=settings.allowed_hosts,
         allowed_origins=settings.allowed_origins,
         logger=logger,
+        challenge=lambda token_presented: challenge(settings.public_url, invalid_token=token_presented),
     )
 
 
@@ -180,3 +183,30 @@ def run_job(event: dict[str, Any], context: Any) -> dict[str, Any]:
     worker = f"lambda {getattr(context, 'aws_request_id', '?')}"
     status = jobs.run(get_database(), job_id, worker=worker)
     return {"job_id": job_id, "status": status}
+
+
+DISCOVERY_HEADERS = {
+    "Content-Type": "application/json",
+    "Cache-Control": "public, max-age=3600",
+    # Browser clients (the Inspector) read it from their own page.
+    "Access-Control-Allow-Origin": "*",
+}
+
+
+def discovery(document: str) -> tuple[int, str]:
+    """A discovery document of OAuth sign-in (`protected_resource`, `authorization_server`, `openid`, `jwks`):
+    status and JSON body; 404 while CHITTY_PUBLIC_URL, the issuer, is not set."""
+    from chalicelib.oauth import metadata
+
+    public_url = get_settings().public_url
+    if public_url is None:
+        return 404, json.dumps(
+            {"error": "not_found", "error_description": "Sign-in is not set up (CHITTY_PUBLIC_URL)."}
+        )
+    documents = {
+        "protected_resource": lambda: metadata.protected_resource(public_url),
+        "authorization_server": lambda: metadata.authorization_server(public_url),
+        "openid": lambda: metadata.authorization_server(public_url, openid=True),
+        "jwks": lambda: {"keys": []},
+    }
+    return 200, json.dumps(documents[document]())

@@ -167,15 +167,24 @@ def _refuse_unfit(params: dict[str, Any], status: int) -> None:
         )
 
 
-def _unauthorized(token_presented: bool) -> JsonRpcError:
-    if token_presented:
-        message, challenge = (
-            "Unauthorized: the bearer token is unknown, expired or revoked",
-            'Bearer error="invalid_token"',
-        )
-    else:
-        message, challenge = "Unauthorized: send Authorization: Bearer <token>", "Bearer"
-    return JsonRpcError(UNAUTHORIZED, message, http_status=401, headers={"WWW-Authenticate": challenge})
+# The WWW-Authenticate value of a 401, given whether a token was presented (app.py hands it in: where the
+# client learns to sign in is the authorization layer's to say).
+Challenge = Callable[[bool], str]
+
+
+def _plain_challenge(token_presented: bool) -> str:
+    return 'Bearer error="invalid_token"' if token_presented else "Bearer"
+
+
+def _unauthorized(token_presented: bool, challenge: Challenge = _plain_challenge) -> JsonRpcError:
+    message = (
+        "Unauthorized: the bearer token is unknown, expired or revoked"
+        if token_presented
+        else "Unauthorized: send Authorization: Bearer <token>"
+    )
+    return JsonRpcError(
+        UNAUTHORIZED, message, http_status=401, headers={"WWW-Authenticate": challenge(token_presented)}
+    )
 
 
 def _is_valid_id(value: object) -> bool:
@@ -193,7 +202,9 @@ class McpServer:
         allowed_hosts: tuple[str, ...],
         allowed_origins: tuple[str, ...],
         logger: ExceptionLogger,
+        challenge: Challenge = _plain_challenge,
     ) -> None:
+        self.challenge = challenge
         self.registry = registry
         self.authenticate = authenticate
         self.info = info
@@ -223,7 +234,7 @@ class McpServer:
             return rejection
         authorization = request.header("authorization")
         if not authorization:
-            return self._error(None, _unauthorized(token_presented=False))
+            return self._error(None, _unauthorized(False, self.challenge))
         log: dict[str, Any] = {}
         try:
             response = self._handle_message(request, authorization, log)
@@ -237,7 +248,7 @@ class McpServer:
         """The caller, or a 401 error. With `defer`, an unverified credential the tool will check."""
         principal = self.authenticate(authorization, defer)
         if principal is None:
-            raise _unauthorized(token_presented=True)
+            raise _unauthorized(True, self.challenge)
         log["principal"] = principal
         return principal
 
@@ -620,7 +631,7 @@ class McpServer:
                 raise
             answer = tool.handler(call)
         except Unauthenticated:
-            raise _unauthorized(token_presented=True) from None
+            raise _unauthorized(True, self.challenge) from None
         except ToolError as error:
             log["is_error"] = True
             log.update(call.log_fields)

@@ -508,6 +508,7 @@ class Completions:
                 "file_token_bound": FILE_TOKEN_BOUND,
                 "api": settings.upstream_api,
                 "official_openai": settings.official_openai,
+                "resource": settings.resource,
                 # A reservation outlives the longest call it covers (a job's, for a job), then expires.
                 "reservation_seconds": reservation_seconds or int(settings.upstream_timeout) + 60,
                 "server_key": settings.openai_api_key is not None,

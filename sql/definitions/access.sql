@@ -6,7 +6,11 @@ CREATE OR REPLACE FUNCTION authenticate_token(p_token_hash text)
 RETURNS TABLE (user_id text, role text, token_id uuid, scope text, resource text)
 LANGUAGE sql AS $$
     WITH live AS (
-        SELECT t.id, t.user_id, u.role, t.last_used_at, t.scope, t.resource
+        -- An OAuth token acts with its user's role only if the admin scope was granted; a personal token has it.
+        SELECT t.id, t.user_id,
+               CASE WHEN t.scope IS NULL OR 'mcp:admin' = ANY (string_to_array(t.scope, ' ')) THEN u.role
+                    ELSE 'user' END AS role,
+               t.last_used_at, t.scope, t.resource
         FROM access_tokens t
         JOIN users u ON u.id = t.user_id
         WHERE t.token_hash = p_token_hash

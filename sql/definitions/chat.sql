@@ -219,7 +219,9 @@ BEGIN
     -- Lock waits (the user's limits and quotas) end on the server, below the client's own timeout.
     PERFORM set_config('lock_timeout', (p_settings ->> 'lock_timeout_ms') || 'ms', true);
     SELECT * INTO caller FROM authenticate_token(p_token_hash);
-    IF caller.user_id IS NULL THEN
+    -- An OAuth token works only at the resource it was granted for (RFC 8707).
+    IF caller.user_id IS NULL
+       OR (caller.resource IS NOT NULL AND caller.resource IS DISTINCT FROM p_settings ->> 'resource') THEN
         RETURN jsonb_build_object('error', 'unauthenticated');
     END IF;
     IF p_for_user IS NOT NULL AND p_for_user <> caller.user_id AND caller.role <> 'admin' THEN

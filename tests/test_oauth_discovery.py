@@ -1,0 +1,134 @@
+"""Sign-in discovery: RFC 9728 and RFC 8414 metadata, the 401 challenge that points to them, tokens bound to
+this server's MCP URL (RFC 8707), and the admin scope."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+
+from chalicelib.db import connection
+from tests.clients import post
+from tests.conftest import Server, server_env, start_server
+
+PUBLIC = "https://chitty.example/api"
+
+
+@pytest.fixture(scope="module")
+def signed_server(database_url, fake_openai_server, tmp_path_factory) -> Iterator[Server]:
+    env = {**server_env(database_url, fake_openai_server), "CHITTY_PUBLIC_URL": PUBLIC + "/"}
+    running = start_server(tmp_path_factory.mktemp("oauth"), env)
+    yield running
+    running.stop()
+
+
+def oauth_token(database_url, user_id: str, scope: str, resource: str) -> str:
+    """An access token as a redeemed grant leaves it (the grant functions are tested in test_oauth_sql)."""
+    token = uuid.uuid4().hex
+    with connection(database_url) as conn:
+        client = "client-" + uuid.uuid4().hex
+        conn.run(
+            "INSERT INTO oauth_clients (client_id, kind, client_name, redirect_uris) "
+            "VALUES (:c, 'registered', 'Test', ARRAY['http://127.0.0.1:9/cb'])",
+            c=client,
+        )
+        ((grant,),) = conn.run(
+            "INSERT INTO oauth_grants (user_id, client_id, scope, resource) VALUES (:u, :c, :s, :r) RETURNING id",
+            u=user_id,
+            c=client,
+            s=scope,
+            r=resource,
+        )
+        conn.run(
+            "INSERT INTO access_tokens (user_id, token_hash, label, expires_at, grant_id, scope, resource) "
+            "VALUES (:u, :h, 'oauth', now() + interval '1 hour', :g, :s, :r)",
+            u=user_id,
+            h=hashlib.sha256(token.encode()).hexdigest(),
+            g=grant,
+            s=scope,
+            r=resource,
+        )
+    return token
+
+
+@pytest.mark.parametrize("path", ["/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"])
+def test_the_protected_resource_metadata_names_the_mcp_url_and_its_issuer(signed_server, path):
+    response = httpx2.get(signed_server.base_url + path)
+    assert response.status_code == 200
+    assert response.json() == {
+        "resource": f"{PUBLIC}/mcp",
+        "authorization_servers": [PUBLIC],
+        "scopes_supported": ["mcp", "mcp:admin"],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "ChittyOS ChatGPT",
+    }
+
+
+def test_the_authorization_server_metadata_says_what_a_client_needs(signed_server):
+    document = httpx2.get(signed_server.base_url + "/.well-known/oauth-authorization-server").json()
+    assert document["issuer"] == PUBLIC
+    assert document["code_challenge_methods_supported"] == ["S256"]
+    assert document["response_types_supported"] == ["code"]
+    assert document["grant_types_supported"] == ["authorization_code", "refresh_token"]
+    assert "none" in document["token_endpoint_auth_methods_supported"]
+    assert document["client_id_metadata_document_supported"] is True
+    assert document["authorization_response_iss_parameter_supported"] is True
+    for name in ("authorization", "token", "registration", "revocation"):
+        assert document[f"{name}_endpoint"].startswith(PUBLIC + "/")
+    openid = httpx2.get(signed_server.base_url + "/.well-known/openid-configuration").json()
+    assert openid["issuer"] == PUBLIC
+    assert openid["jwks_uri"] == f"{PUBLIC}/jwks"
+    assert httpx2.get(signed_server.base_url + "/jwks").json() == {"keys": []}
+
+
+def test_without_a_public_url_there_is_no_sign_in_to_discover(server):
+    response = httpx2.get(server.base_url + "/.well-known/oauth-protected-resource/mcp")
+    assert response.status_code == 404
+    unauthorized = post(server.mcp_url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, token=None)
+    assert unauthorized.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_401_points_to_the_metadata_and_the_scope(signed_server):
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    missing = post(signed_server.mcp_url, body, token=None)
+    assert missing.status_code == 401
+    metadata = f'resource_metadata="{PUBLIC}/.well-known/oauth-protected-resource/mcp"'
+    assert missing.headers["www-authenticate"] == f'Bearer {metadata}, scope="mcp"'
+    wrong = post(signed_server.mcp_url, body, token="chitty_not-a-token")
+    assert wrong.headers["www-authenticate"] == f'Bearer error="invalid_token", {metadata}, scope="mcp"'
+
+
+def test_an_oauth_token_works_only_at_the_resource_it_was_granted_for(signed_server, alice, database_url):
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "chitty_chat_session_list", "arguments": {}},
+    }
+    here = oauth_token(database_url, alice.user_id, "mcp", f"{PUBLIC}/mcp")
+    elsewhere = oauth_token(database_url, alice.user_id, "mcp", "https://other.example/mcp")
+    assert post(signed_server.mcp_url, body, token=here).status_code == 200
+    assert post(signed_server.mcp_url, body, token=elsewhere).status_code == 401
+    complete = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "chatgpt_complete", "arguments": {"messages": [{"role": "user", "content": "hi"}]}},
+    }
+    assert post(signed_server.mcp_url, complete, token=elsewhere).status_code == 401
+
+
+def test_an_admins_token_without_the_admin_scope_acts_as_a_user(signed_server, admin, alice, database_url):
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "chitty_usage_limits_get", "arguments": {"user_id": alice.user_id}},
+    }
+    plain = oauth_token(database_url, admin.user_id, "mcp", f"{PUBLIC}/mcp")
+    full = oauth_token(database_url, admin.user_id, "mcp mcp:admin", f"{PUBLIC}/mcp")
+    assert post(signed_server.mcp_url, body, token=plain).json()["result"]["isError"] is True
+    assert post(signed_server.mcp_url, body, token=full).json()["result"]["isError"] is False
