@@ -59,6 +59,30 @@ def jwks() -> Response:
     return _discovery("jwks")
 
 
+FORM = ["application/x-www-form-urlencoded"]
+
+
+@app.route("/register", methods=["POST"], content_types=["application/json"])
+def register() -> Response:
+    return _oauth("register")
+
+
+@app.route("/token", methods=["POST"], content_types=FORM)
+def token() -> Response:
+    return _oauth("token")
+
+
+@app.route("/revoke", methods=["POST"], content_types=FORM)
+def revoke() -> Response:
+    return _oauth("revoke")
+
+
+def _oauth(name: str) -> Response:
+    raw = app.current_request.raw_body
+    status, body, headers = service.oauth_endpoint(name, raw if isinstance(raw, bytes) else raw.encode("utf-8"))
+    return Response(body=body, status_code=status, headers=headers)
+
+
 def _discovery(document: str) -> Response:
     status, body = service.discovery(document)
     return Response(body=body, status_code=status, headers=dict(service.DISCOVERY_HEADERS))

@@ -210,3 +210,20 @@ def discovery(document: str) -> tuple[int, str]:
         "jwks": lambda: {"keys": []},
     }
     return 200, json.dumps(documents[document]())
+
+
+def oauth_endpoint(name: str, body: bytes) -> tuple[int, str, dict[str, str]]:
+    """/register, /token or /revoke: status, JSON body and headers; 404 while CHITTY_PUBLIC_URL is unset."""
+    from chalicelib.oauth import protocol
+
+    settings = get_settings()
+    if settings.resource is None:
+        return 404, json.dumps({"error": "not_found"}), {"Content-Type": "application/json"}
+    db = get_database()
+    if name == "register":
+        answer = protocol.register(db, body)
+    elif name == "token":
+        answer = protocol.token(db, body, settings.resource)
+    else:
+        answer = protocol.revoke(db, body)
+    return answer.status, json.dumps(answer.body), {**answer.headers, "Access-Control-Allow-Origin": "*"}

@@ -132,3 +132,80 @@ def test_an_admins_token_without_the_admin_scope_acts_as_a_user(signed_server, a
     full = oauth_token(database_url, admin.user_id, "mcp mcp:admin", f"{PUBLIC}/mcp")
     assert post(signed_server.mcp_url, body, token=plain).json()["result"]["isError"] is True
     assert post(signed_server.mcp_url, body, token=full).json()["result"]["isError"] is False
+
+
+def test_a_registered_client_exchanges_a_code_refreshes_and_revokes(signed_server, alice, database_url):
+    """The token side of the flow over HTTP; the code is stored as /authorize stores it after consent."""
+    import base64
+    import secrets
+
+    registered = httpx2.post(
+        signed_server.base_url + "/register",
+        json={"client_name": "Test client", "redirect_uris": ["http://127.0.0.1:9/callback"]},
+    )
+    assert registered.status_code == 201
+    client = registered.json()
+    assert client["token_endpoint_auth_method"] == "none"
+    assert "client_secret" not in client
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    code = secrets.token_urlsafe(32)
+    with connection(database_url) as conn:
+        conn.run(
+            "INSERT INTO oauth_codes (code_hash, user_id, client_id, redirect_uri, scope, resource, code_challenge, "
+            "expires_at) VALUES (:h, :u, :c, 'http://127.0.0.1:9/callback', 'mcp', :r, :ch, "
+            "now() + interval '1 minute')",
+            h=hashlib.sha256(code.encode()).hexdigest(),
+            u=alice.user_id,
+            c=client["client_id"],
+            r=f"{PUBLIC}/mcp",
+            ch=challenge,
+        )
+    exchange = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": "http://127.0.0.1:9/callback",
+        "client_id": client["client_id"],
+        "resource": f"{PUBLIC}/mcp",
+    }
+    wrong = httpx2.post(signed_server.base_url + "/token", data={**exchange, "code_verifier": "x" * 43})
+    assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_grant")  # and the code is burnt
+    with connection(database_url) as conn:
+        conn.run(
+            "UPDATE oauth_codes SET used_at = NULL WHERE code_hash = :h", h=hashlib.sha256(code.encode()).hexdigest()
+        )
+    issued = httpx2.post(signed_server.base_url + "/token", data={**exchange, "code_verifier": verifier})
+    assert issued.status_code == 200
+    assert issued.headers["cache-control"] == "no-store"
+    tokens = issued.json()
+    listed = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    assert post(signed_server.mcp_url, listed, token=tokens["access_token"]).status_code == 200
+    rotated = httpx2.post(
+        signed_server.base_url + "/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": client["client_id"],
+        },
+    ).json()
+    assert post(signed_server.mcp_url, listed, token=rotated["access_token"]).status_code == 200
+    revoked = httpx2.post(
+        signed_server.base_url + "/revoke", data={"token": rotated["refresh_token"], "client_id": client["client_id"]}
+    )
+    assert revoked.status_code == 200
+    assert post(signed_server.mcp_url, listed, token=rotated["access_token"]).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"redirect_uris": ["http://evil.example/cb"]},
+        {"redirect_uris": []},
+        {"redirect_uris": ["javascript:alert(1)"]},
+        {"redirect_uris": ["https://ok.example/cb"], "grant_types": ["client_credentials"]},
+    ],
+)
+def test_registration_refuses_what_a_public_client_may_not_have(signed_server, metadata):
+    response = httpx2.post(signed_server.base_url + "/register", json=metadata)
+    assert response.status_code == 400
+    assert response.json()["error"] in ("invalid_redirect_uri", "invalid_client_metadata")
