@@ -77,6 +77,21 @@ def revoke() -> Response:
     return _oauth("revoke")
 
 
+@app.route("/authorize", methods=["GET", "POST"], content_types=[*FORM, "application/json"])
+def authorize() -> Response:
+    request = app.current_request
+    query = request.query_params or {}
+    raw = request.raw_body or b""
+    status, body, headers = service.authorize(
+        request.method,
+        {name: query.getlist(name) for name in query},
+        raw if isinstance(raw, bytes) else raw.encode("utf-8"),
+        {name.lower(): value for name, value in request.headers.items()},
+        (request.context.get("identity") or {}).get("sourceIp"),
+    )
+    return Response(body=body, status_code=status, headers=headers)
+
+
 def _oauth(name: str) -> Response:
     raw = app.current_request.raw_body
     status, body, headers = service.oauth_endpoint(name, raw if isinstance(raw, bytes) else raw.encode("utf-8"))

@@ -227,3 +227,25 @@ def oauth_endpoint(name: str, body: bytes) -> tuple[int, str, dict[str, str]]:
     else:
         answer = protocol.revoke(db, body)
     return answer.status, json.dumps(answer.body), {**answer.headers, "Access-Control-Allow-Origin": "*"}
+
+
+def authorize(
+    method: str, query: dict[str, list[str]], body: bytes, headers: dict[str, str], source_ip: str | None
+) -> tuple[int, str, dict[str, str]]:
+    """GET or POST /authorize: the sign-in and consent page, or the redirect back to the client."""
+    from chalicelib.oauth import pages
+
+    settings = get_settings()
+    if settings.public_url is None or settings.resource is None:
+        return 404, "Sign-in is not set up (CHITTY_PUBLIC_URL).", {"Content-Type": "text/plain"}
+    page = pages.authorize(
+        get_database(),
+        method=method,
+        query=query,
+        body=body,
+        headers=headers,
+        source_ip=source_ip,
+        issuer=settings.public_url,
+        resource=settings.resource,
+    )
+    return page.status, page.body, page.headers

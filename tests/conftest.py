@@ -233,3 +233,18 @@ def server(
     running = start_server(tmp_path_factory.mktemp("server"), server_env(database_url, fake_openai_server))
     yield running
     running.stop()
+
+
+# The public URL of the server that offers sign-in (the issuer; its MCP URL is PUBLIC/mcp).
+PUBLIC = "https://chitty.example/api"
+
+
+@pytest.fixture(scope="session")
+def signed_server(
+    database_url: str, fake_openai_server: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The app under `chalice local` with sign-in: CHITTY_PUBLIC_URL set (given with a trailing slash)."""
+    env = {**server_env(database_url, fake_openai_server), "CHITTY_PUBLIC_URL": PUBLIC + "/"}
+    running = start_server(tmp_path_factory.mktemp("signed"), env)
+    yield running
+    running.stop()

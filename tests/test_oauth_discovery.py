@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
 
 import httpx2
 import pytest
 
 from chalicelib.db import connection
 from tests.clients import post
-from tests.conftest import Server, server_env, start_server
-
-PUBLIC = "https://chitty.example/api"
-
-
-@pytest.fixture(scope="module")
-def signed_server(database_url, fake_openai_server, tmp_path_factory) -> Iterator[Server]:
-    env = {**server_env(database_url, fake_openai_server), "CHITTY_PUBLIC_URL": PUBLIC + "/"}
-    running = start_server(tmp_path_factory.mktemp("oauth"), env)
-    yield running
-    running.stop()
+from tests.conftest import PUBLIC
 
 
 def oauth_token(database_url, user_id: str, scope: str, resource: str) -> str:

@@ -15,3 +15,31 @@ FROM oauth_refresh(:refresh_hash, :client_id, CAST(:resource AS text), :access_h
 
 -- name: revoke_grant
 SELECT oauth_revoke(:token_hash, :client_id) AS revoked;
+
+-- name: oauth_client
+SELECT client_id, kind, client_name, redirect_uris FROM oauth_clients WHERE client_id = :client_id;
+
+-- name: sign_in_state
+-- What a sign-in needs: the user's password hash (NULL: no such user, or none set), and their failures of the
+-- last 15 minutes, and those of the address.
+SELECT (SELECT p.password_hash FROM user_passwords p WHERE p.user_id = :login) AS password_hash,
+       (SELECT count(*) FROM login_attempts a
+        WHERE a.login = :login AND NOT a.succeeded AND a.at > now() - interval '15 minutes') AS login_failures,
+       (SELECT count(*) FROM login_attempts a
+        WHERE a.source_ip = CAST(:source_ip AS inet) AND NOT a.succeeded
+          AND a.at > now() - interval '15 minutes') AS address_failures;
+
+-- name: record_login_attempt
+INSERT INTO login_attempts (login, source_ip, succeeded) VALUES (:login, CAST(:source_ip AS inet), :succeeded)
+RETURNING id;
+
+-- name: store_code
+INSERT INTO oauth_codes (code_hash, user_id, client_id, redirect_uri, scope, resource, code_challenge, expires_at)
+VALUES (:code_hash, :user_id, :client_id, :redirect_uri, :scope, :resource, :code_challenge,
+        now() + interval '60 seconds')
+RETURNING code_hash;
+
+-- name: set_password
+INSERT INTO user_passwords (user_id, password_hash) VALUES (:user_id, :password_hash)
+ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash, updated_at = now()
+RETURNING user_id;

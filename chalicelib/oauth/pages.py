@@ -1,0 +1,205 @@
+"""The authorization endpoint: one server-rendered page that signs the user in and asks for consent.
+
+No JavaScript, no cookie: every POST carries the password, so the only forgery to fear is a forged sign-in,
+which the browser's Sec-Fetch-Site and Origin headers refuse. The page cannot be framed. Errors about the
+client or its redirect URI are shown on the page (never redirected: no open redirect); the others go back
+to the client with `state` and `iss` (RFC 9207)."""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from chalicelib.db import Database
+from chalicelib.oauth import passwords
+from chalicelib.oauth.metadata import DEFAULT_SCOPE, SCOPES
+from chalicelib.oauth.protocol import OAuthError, digest, form
+
+CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+# Failed sign-ins in 15 minutes after which a login (or an address) must wait.
+MAX_FAILURES_PER_LOGIN = 5
+MAX_FAILURES_PER_ADDRESS = 20
+PAGE_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    # No form-action: browsers apply it to the redirect after the POST, which goes to the client.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+}
+STYLE = (
+    "body{font:16px system-ui,sans-serif;max-width:28em;margin:3em auto;padding:0 1em}"
+    "label{display:block;margin:.8em 0}input{width:100%;padding:.4em}button{margin:.8em .5em 0 0;padding:.5em 1.2em}"
+    ".error{color:#b00020}"
+)
+
+
+@dataclass
+class Page:
+    status: int
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=lambda: dict(PAGE_HEADERS))
+
+
+def _redirect(uri: str, params: dict[str, str], issuer: str) -> Page:
+    separator = "&" if urlsplit(uri).query else "?"
+    location = uri + separator + urlencode({**params, "iss": issuer})
+    return Page(302, "", {"Location": location, "Cache-Control": "no-store"})
+
+
+def _message(title: str, text: str, status: int) -> Page:
+    body = (
+        f"<!doctype html><html lang=en><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></html>"
+    )
+    return Page(status, body)
+
+
+def redirect_allowed(requested: str, registered: list[str]) -> bool:
+    """Exact match, or a loopback http URI that differs only in its port (RFC 8252 7.3)."""
+    if requested in registered:
+        return True
+    asked = urlsplit(requested)
+    if asked.scheme != "http" or asked.hostname not in ("127.0.0.1", "::1"):
+        return False
+    for uri in registered:
+        known = urlsplit(uri)
+        if (known.scheme, known.hostname, known.path, known.query) == ("http", asked.hostname, asked.path, asked.query):
+            return True
+    return False
+
+
+def _validated(db: Database, params: dict[str, str], resource: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The client and the request, or a Page to show (client or redirect URI wrong) or a redirect with the error."""
+    client = db.one("oauth_client", client_id=params["client_id"]) if params.get("client_id") else None
+    if client is None:
+        raise _Shown(_message("Cannot sign in", "This application is not known to the server.", 400))
+    redirect_uri = params.get("redirect_uri", "")
+    if not redirect_allowed(redirect_uri, client["redirect_uris"]):
+        raise _Shown(
+            _message("Cannot sign in", "This application asked to return to an address it did not register.", 400)
+        )
+
+    def refuse(error: str, description: str) -> _Refused:
+        return _Refused(redirect_uri, error, description, params.get("state"))
+
+    if params.get("response_type") != "code":
+        raise refuse("unsupported_response_type", "only response_type=code")
+    if params.get("code_challenge_method") != "S256" or not CHALLENGE.fullmatch(params.get("code_challenge", "")):
+        raise refuse("invalid_request", "PKCE with code_challenge_method S256 is required")
+    scope = params.get("scope", DEFAULT_SCOPE).split()
+    if not scope or not set(scope) <= set(SCOPES):
+        raise refuse("invalid_scope", f"the scopes are {' '.join(SCOPES)}")
+    if params.get("resource", resource).rstrip("/") != resource:
+        raise refuse("invalid_target", f"this server issues tokens for {resource}")
+    return client, {**params, "scope": " ".join(dict.fromkeys(scope)), "resource": resource}
+
+
+class _Shown(Exception):
+    def __init__(self, page: Page) -> None:
+        self.page = page
+
+
+class _Refused(Exception):
+    def __init__(self, redirect_uri: str, error: str, description: str, state: str | None) -> None:
+        self.redirect_uri, self.error, self.description, self.state = redirect_uri, error, description, state
+
+
+def authorize(
+    db: Database,
+    *,
+    method: str,
+    query: dict[str, list[str]],
+    body: bytes,
+    headers: dict[str, str],
+    source_ip: str | None,
+    issuer: str,
+    resource: str,
+) -> Page:
+    """GET shows the sign-in and consent page; POST signs in and answers the client with a code, or an error."""
+    try:
+        if method == "GET":
+            pairs = [(name, value) for name, values in query.items() for value in values]
+            params = form("&".join(urlencode({name: value}) for name, value in pairs).encode())
+        else:
+            if (headers.get("sec-fetch-site") or "same-origin") not in ("same-origin", "none"):
+                return _message("Cannot sign in", "A sign-in from another site was refused.", 403)
+            origin = headers.get("origin")
+            if origin is not None and origin != _origin(issuer):
+                return _message("Cannot sign in", "A sign-in from another site was refused.", 403)
+            params = form(body)
+        answers = {name: params.pop(name, "") for name in ("login", "password", "decision")}
+        client, request = _validated(db, params, resource)
+    except OAuthError as error:
+        return _message("Cannot sign in", error.description or error.error, 400)
+    except _Shown as shown:
+        return shown.page
+    except _Refused as refused:
+        extra = {"state": refused.state} if refused.state else {}
+        return _redirect(
+            refused.redirect_uri, {"error": refused.error, "error_description": refused.description, **extra}, issuer
+        )
+    state = {"state": request["state"]} if request.get("state") else {}
+    if method == "POST":
+        if answers["decision"] == "deny":
+            return _redirect(request["redirect_uri"], {"error": "access_denied", **state}, issuer)
+        signed_in = _sign_in(db, answers["login"], answers["password"], source_ip)
+        if signed_in is True:
+            code = secrets.token_urlsafe(32)
+            db.one(
+                "store_code",
+                code_hash=digest(code),
+                user_id=answers["login"],
+                client_id=client["client_id"],
+                redirect_uri=request["redirect_uri"],
+                scope=request["scope"],
+                resource=request["resource"],
+                code_challenge=request["code_challenge"],
+            )
+            return _redirect(request["redirect_uri"], {"code": code, **state}, issuer)
+        return _page(client, request, issuer, error=signed_in, status=401 if "password" in signed_in else 429)
+    return _page(client, request, issuer, error=None, status=200)
+
+
+def _sign_in(db: Database, login: str, password: str, source_ip: str | None) -> bool | str:
+    """True, or why not (shown on the page)."""
+    state = db.one("sign_in_state", login=login, source_ip=source_ip)
+    assert state is not None
+    if state["login_failures"] >= MAX_FAILURES_PER_LOGIN or state["address_failures"] >= MAX_FAILURES_PER_ADDRESS:
+        return "Too many failed sign-ins: wait 15 minutes and try again."
+    succeeded = bool(login) and passwords.verify(state["password_hash"], password)
+    db.one("record_login_attempt", login=login[:200], source_ip=source_ip, succeeded=succeeded)
+    return True if succeeded else "Wrong user or password."
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _page(client: dict[str, Any], request: dict[str, str], issuer: str, *, error: str | None, status: int) -> Page:
+    hidden = "".join(
+        f'<input type="hidden" name="{html.escape(name)}" value="{html.escape(value)}">'
+        for name, value in request.items()
+        if name != "resource" or value
+    )
+    host = urlsplit(request["redirect_uri"]).hostname or request["redirect_uri"]
+    admin = "mcp:admin" in request["scope"].split()
+    body = (
+        "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        f"<title>Sign in to ChittyOS ChatGPT</title><style>{STYLE}</style>"
+        f"<h1>{html.escape(client['client_name'])}</h1>"
+        f"<p>wants to use ChittyOS ChatGPT as you{' with your admin rights' if admin else ''}, and will send you back "
+        f"to <b>{html.escape(host)}</b>.</p>"
+        + (f"<p class=error role=alert>{html.escape(error)}</p>" if error else "")
+        + f'<form method=post action="{html.escape(issuer)}/authorize">{hidden}'
+        "<label>User <input name=login autocomplete=username required></label>"
+        "<label>Password <input name=password type=password autocomplete=current-password></label>"
+        "<button name=decision value=allow>Allow</button><button name=decision value=deny formnovalidate>Deny</button>"
+        "</form></html>"
+    )
+    return Page(status, body)
