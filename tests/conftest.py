@@ -160,9 +160,9 @@ class Server:
             self.process.wait()
 
 
-def start_server(log_dir: Path, env: dict[str, str], wait_for_health: bool = True) -> Server:
-    """Start `chalice local` with this environment and wait until it answers."""
-    port = free_port()
+def start_server(log_dir: Path, env: dict[str, str], wait_for_health: bool = True, port: int | None = None) -> Server:
+    """Start `chalice local` with this environment (on `port`, else a free one) and wait until it answers."""
+    port = port or free_port()
     log_path = log_dir / f"chalice-{port}.log"
     inherited = {key: value for key, value in os.environ.items() if key != "DEBUG"}
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", "CHITTY_STAGE": "dev", **env}
