@@ -92,6 +92,19 @@ def authorize() -> Response:
     return Response(body=body, status_code=status, headers=headers)
 
 
+@app.route("/invite", methods=["GET", "POST"], content_types=[*FORM, "application/json"])
+def invite() -> Response:
+    request = app.current_request
+    raw = request.raw_body or b""
+    status, body, headers = service.invite(
+        request.method,
+        (request.query_params or {}).get("token", ""),
+        raw if isinstance(raw, bytes) else raw.encode("utf-8"),
+        {name.lower(): value for name, value in request.headers.items()},
+    )
+    return Response(body=body, status_code=status, headers=headers)
+
+
 def _oauth(name: str) -> Response:
     raw = app.current_request.raw_body
     status, body, headers = service.oauth_endpoint(name, raw if isinstance(raw, bytes) else raw.encode("utf-8"))

@@ -78,6 +78,22 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_invite(args: argparse.Namespace) -> int:
+    from chalicelib.oauth import invites
+
+    public_url = get_settings().public_url
+    if public_url is None:
+        print("error: set CHITTY_PUBLIC_URL, the server's public URL, which the link points to", file=sys.stderr)
+        return 2
+    link = invites.create(_database(), public_url, args.user_id, args.days)
+    if link is None:
+        print(f"error: no user {args.user_id!r}", file=sys.stderr)
+        return 1
+    print(f"Send {args.user_id} this link to set their password (single use, {args.days} days):")
+    print(link)
+    return 0
+
+
 def cmd_token_issue(args: argparse.Namespace) -> int:
     if args.expires_days is not None and args.expires_days <= 0:
         print("error: --expires-days must be a positive number of days", file=sys.stderr)
@@ -290,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--admin", action="store_true", help="may act on any user's data")
     add.add_argument("--name", help="display name (default: the user id)")
     add.set_defaults(run=cmd_user_add)
+    invite = user.add_parser("invite", help="print a single-use link at which the user sets their password")
+    invite.add_argument("user_id")
+    invite.add_argument("--days", type=int, default=7, choices=range(1, 31), metavar="DAYS", help="valid for (1-30)")
+    invite.set_defaults(run=cmd_user_invite)
 
     token = commands.add_parser("token", help="manage bearer tokens").add_subparsers(dest="action", required=True)
     issue = token.add_parser("issue", help="issue a bearer token; printed once, last")

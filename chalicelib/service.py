@@ -249,3 +249,14 @@ def authorize(
         resource=settings.resource,
     )
     return page.status, page.body, page.headers
+
+
+def invite(method: str, token: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, dict[str, str]]:
+    """GET or POST /invite: set a password with a single-use link."""
+    from chalicelib.oauth import invites
+
+    public_url = get_settings().public_url
+    if public_url is None:
+        return 404, "Sign-in is not set up (CHITTY_PUBLIC_URL).", {"Content-Type": "text/plain"}
+    page = invites.page(get_database(), method=method, token=token, body=body, headers=headers, issuer=public_url)
+    return page.status, page.body, page.headers

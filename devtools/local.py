@@ -136,6 +136,8 @@ def main() -> int:
     print(f"Database:     {url}")
     print(client_config(f"http://127.0.0.1:{port}/mcp", token), flush=True)
     os.environ.update(CHITTY_DATABASE_URL=url, CHITTY_ENCRYPTION_KEY=encryption_key())
+    # The server's public URL (sign-in's issuer) is its own address, unless one is given.
+    os.environ.setdefault("CHITTY_PUBLIC_URL", f"http://127.0.0.1:{port}")
     server = serve.create("127.0.0.1", port)
     _reap_jobs(url)
     _stop_on_signals()

@@ -132,3 +132,65 @@ def test_failed_sign_ins_are_rate_limited(signed_server, client_id, person):
     )
     assert locked.status_code == 429
     assert "Too many failed sign-ins" in locked.text
+
+
+def test_an_invite_link_sets_a_password_once_and_then_signs_in(signed_server, client_id, database_url):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    user_id = f"invited-{uuid.uuid4().hex[:8]}"
+    with connection(database_url) as conn:
+        conn.run("INSERT INTO users (id, display_name) VALUES (:u, :u)", u=user_id)
+    env = {**os.environ, "CHITTY_DATABASE_URL": database_url, "CHITTY_PUBLIC_URL": PUBLIC}
+    printed = (
+        subprocess.run(
+            [sys.executable, "-m", "chalicelib.cli", "user", "invite", user_id],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    assert printed.startswith(f"{PUBLIC}/invite?token=")
+    path = printed.removeprefix(PUBLIC)
+    form_page = httpx2.get(signed_server.base_url + path)
+    assert form_page.status_code == 200
+    assert user_id in form_page.text
+    short = httpx2.post(signed_server.base_url + path, data={"password": "short", "confirm": "short"})
+    assert short.status_code == 400
+    assert "at least 12" in short.text
+    done = httpx2.post(signed_server.base_url + path, data={"password": PASSWORD, "confirm": PASSWORD})
+    assert done.status_code == 200
+    assert "is set" in done.text
+    again = httpx2.get(signed_server.base_url + path)
+    assert again.status_code == 410
+    assert "already used" in again.text
+    signed_in = httpx2.post(
+        signed_server.base_url + "/authorize",
+        data={**request(client_id), "login": user_id, "password": PASSWORD, "decision": "allow"},
+    )
+    assert signed_in.status_code == 302
+    assert "code=" in signed_in.headers["location"]
+
+
+def test_an_expired_invite_says_so(signed_server, database_url):
+    from chalicelib.oauth.protocol import digest
+
+    token = secrets.token_urlsafe(32)
+    with connection(database_url) as conn:
+        user_id = f"late-{uuid.uuid4().hex[:8]}"
+        conn.run("INSERT INTO users (id, display_name) VALUES (:u, :u)", u=user_id)
+        conn.run(
+            "INSERT INTO user_invites (token_hash, user_id, expires_at) VALUES (:h, :u, now() - interval '1 minute')",
+            h=digest(token),
+            u=user_id,
+        )
+    page = httpx2.get(signed_server.base_url + "/invite", params={"token": token})
+    assert page.status_code == 410
+    assert "has expired" in page.text

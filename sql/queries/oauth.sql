@@ -43,3 +43,25 @@ RETURNING code_hash;
 INSERT INTO user_passwords (user_id, password_hash) VALUES (:user_id, :password_hash)
 ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash, updated_at = now()
 RETURNING user_id;
+
+-- name: create_invite
+-- A single-use link for a user to set their password; the user must exist.
+INSERT INTO user_invites (token_hash, user_id, expires_at)
+SELECT :token_hash, u.id, now() + make_interval(days => CAST(:days AS integer)) FROM users u WHERE u.id = :user_id
+RETURNING user_id, expires_at;
+
+-- name: use_invite
+-- Spend a live invite and set the password it was for, at once; NULL for an unknown, used or expired link.
+WITH spent AS (
+    UPDATE user_invites SET used_at = now()
+    WHERE token_hash = :token_hash AND used_at IS NULL AND expires_at > now()
+    RETURNING user_id
+)
+INSERT INTO user_passwords (user_id, password_hash)
+SELECT user_id, :password_hash FROM spent
+ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash, updated_at = now()
+RETURNING user_id;
+
+-- name: invite_state
+SELECT user_id, used_at IS NOT NULL AS used, expires_at <= now() AS expired
+FROM user_invites WHERE token_hash = :token_hash;
