@@ -7,7 +7,6 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from chalicelib.config import get_settings
 from chalicelib.db import Database
 
 TOKEN_PREFIX = "chitty_"
@@ -54,11 +53,14 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-def authenticate(db: Database, authorization: str | None, *, defer: bool = False) -> Principal | Credential | None:
+def authenticate(
+    db: Database, authorization: str | None, *, defer: bool = False, resource: str | None = None
+) -> Principal | Credential | None:
     """The principal behind an Authorization header; None when missing, unknown, expired or revoked.
 
     With `defer`, the database is not asked: the token's hash comes back as a Credential for
-    the caller to verify in its own query.
+    the caller to verify in its own query. An OAuth token counts only at `resource`, the MCP URL it was
+    granted for; a personal token anywhere.
     """
     token = bearer_token(authorization)
     if token is None:
@@ -66,6 +68,6 @@ def authenticate(db: Database, authorization: str | None, *, defer: bool = False
     if defer:
         return Credential(token_hash=hash_token(token))
     row = db.one("authenticate_token", token_hash=hash_token(token))
-    if row is None or row["resource"] not in (None, get_settings().resource):
-        return None  # an OAuth token bound to another resource is refused here (RFC 8707)
+    if row is None or row["resource"] not in (None, resource):
+        return None  # an OAuth token works only at the resource it was granted for (RFC 8707)
     return Principal(user_id=row["user_id"], role=row["role"], token_id=row["token_id"])

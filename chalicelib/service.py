@@ -54,7 +54,7 @@ INSTRUCTIONS = (
 
 def _authenticate(authorization: str | None, defer: bool) -> auth.Principal | auth.Credential | None:
     try:
-        return auth.authenticate(get_database(), authorization, defer=defer)
+        return auth.authenticate(get_database(), authorization, defer=defer, resource=get_settings().resource)
     except DatabaseUnavailable as error:
         raise JsonRpcError(UNAVAILABLE, str(error), http_status=503) from None
 
