@@ -248,3 +248,22 @@ def signed_server(
     running = start_server(tmp_path_factory.mktemp("signed"), env)
     yield running
     running.stop()
+
+
+def make_grant(database_url: str, user_id: str, scope: str = "mcp", resource: str = PUBLIC + "/mcp") -> str:
+    """An app the user connected (a consented grant of a registered client); its id."""
+    with connection(database_url) as conn:
+        client = "client-" + uuid.uuid4().hex
+        conn.run(
+            "INSERT INTO oauth_clients (client_id, kind, client_name, redirect_uris) "
+            "VALUES (:c, 'registered', 'Test app', ARRAY['http://127.0.0.1:9/cb'])",
+            c=client,
+        )
+        ((grant,),) = conn.run(
+            "INSERT INTO oauth_grants (user_id, client_id, scope, resource) VALUES (:u, :c, :s, :r) RETURNING id",
+            u=user_id,
+            c=client,
+            s=scope,
+            r=resource,
+        )
+    return str(grant)

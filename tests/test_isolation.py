@@ -17,6 +17,7 @@ import pytest
 
 from chalicelib.db import connection
 from tests.clients import post
+from tests.conftest import make_grant
 
 HI = [{"role": "user", "content": "hi"}]
 ANALYTICS = {"start_date": "2026-01-01", "end_date": "2026-01-31", "granularity": "day"}
@@ -51,6 +52,18 @@ def own_turn(server, user) -> str:
 def own_job(server, user) -> str:
     result = result_of(server, user.token, "chatgpt_complete", {"messages": HI, "background": True})
     return result["structuredContent"]["job_id"]
+
+
+DATABASE: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _database(database_url):
+    DATABASE["url"] = database_url
+
+
+def own_grant(server, user) -> str:
+    return make_grant(DATABASE["url"], user.user_id)
 
 
 def own_key(server, user) -> str:
@@ -146,6 +159,17 @@ MATRIX: dict[str, list[IdArgument]] = {
     "chatgpt_job_get": [IdArgument("job_id", own_job, lambda: str(uuid.uuid4()), "not-a-uuid")],
     "chatgpt_job_cancel": [IdArgument("job_id", own_job, lambda: str(uuid.uuid4()), "not-a-uuid")],
     "chatgpt_job_list": [user_id()],
+    "chitty_oauth_grants_list": [user_id()],
+    "chitty_oauth_grants_revoke": [
+        IdArgument(
+            "grant_id",
+            own_grant,
+            lambda: str(uuid.uuid4()),
+            "not-a-uuid",
+            admin_extra=lambda server, owner: {"user_id": owner.user_id},
+        ),
+        user_id(context=lambda server, owner, caller: {"grant_id": own_grant(server, owner)}),
+    ],
     "chitty_chat_session_create": [
         user_id({"session_name": "x"}),
         config_name("model_config", {"session_name": "x"}),

@@ -198,3 +198,36 @@ def test_registration_refuses_what_a_public_client_may_not_have(signed_server, m
     response = httpx2.post(signed_server.base_url + "/register", json=metadata)
     assert response.status_code == 400
     assert response.json()["error"] in ("invalid_redirect_uri", "invalid_client_metadata")
+
+
+def test_a_user_sees_and_disconnects_their_apps(signed_server, alice, bob, database_url):
+    from tests.conftest import make_grant
+
+    token = oauth_token(database_url, alice.user_id, "mcp", f"{PUBLIC}/mcp")
+    grant = make_grant(database_url, alice.user_id)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    listed = post(
+        signed_server.mcp_url,
+        {**call, "params": {"name": "chitty_oauth_grants_list", "arguments": {}}},
+        token=alice.token,
+    ).json()["result"]["structuredContent"]["grants"]
+    assert grant in [entry["grant_id"] for entry in listed]
+    theirs = post(
+        signed_server.mcp_url,
+        {**call, "params": {"name": "chitty_oauth_grants_revoke", "arguments": {"grant_id": grant}}},
+        token=bob.token,
+    ).json()["result"]
+    assert theirs["isError"] is True
+    with connection(database_url) as conn:
+        ((grant_of_token,),) = conn.run(
+            "SELECT grant_id FROM access_tokens WHERE token_hash = :h", h=hashlib.sha256(token.encode()).hexdigest()
+        )
+    revoked = post(
+        signed_server.mcp_url,
+        {**call, "params": {"name": "chitty_oauth_grants_revoke", "arguments": {"grant_id": str(grant_of_token)}}},
+        token=alice.token,
+    ).json()["result"]
+    assert revoked["structuredContent"]["revoked_at"] is not None
+    assert (
+        post(signed_server.mcp_url, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, token=token).status_code == 401
+    )

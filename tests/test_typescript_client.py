@@ -14,7 +14,7 @@ import pytest
 
 from devtools.fake_openai import rate_limited, server_error
 from tests.clients import post
-from tests.conftest import SERVER_OPENAI_KEY, Server, User
+from tests.conftest import SERVER_OPENAI_KEY, Server, User, make_grant
 from tests.ts_client import SDKS, run_plan
 
 VERSIONS = {"v1": "2025-11-25", "v2": "2026-07-28"}
@@ -43,11 +43,12 @@ def unique(prefix: str) -> str:
 
 
 @pytest.mark.parametrize("sdk", SDKS)
-def test_every_tool_answers_a_typescript_client(server, fake_openai, alice, admin, sdk):
+def test_every_tool_answers_a_typescript_client(server, fake_openai, alice, admin, sdk, database_url):
     session_id = call(server, alice, "chitty_chat_session_create", {"session_name": "ts"})["session_id"]
     doomed = call(server, alice, "chitty_chat_session_create", {"session_name": "doomed"})["session_id"]
     turn_id = call(server, alice, "chatgpt_complete", {"messages": HI})["turn_id"]
     job_id = call(server, alice, "chatgpt_complete", {"messages": HI, "background": True})["job_id"]
+    grant_id = make_grant(database_url, alice.user_id)
     config, gone_config = unique("cfg"), unique("cfg")
     call(server, alice, "chitty_model_config_create", {"name": gone_config, "model": "gpt-4o-mini"})
     template, gone_template = unique("tpl"), unique("tpl")
@@ -66,6 +67,8 @@ def test_every_tool_answers_a_typescript_client(server, fake_openai, alice, admi
         tool_step("chatgpt_job_get", {"job_id": job_id, "wait_seconds": 1}),
         tool_step("chatgpt_job_list", {}),
         tool_step("chatgpt_job_cancel", {"job_id": job_id}),
+        tool_step("chitty_oauth_grants_list", {"include_revoked": True}),
+        tool_step("chitty_oauth_grants_revoke", {"grant_id": grant_id}),
         tool_step("chitty_chat_session_create", {"session_name": "made by ts", "metadata": {"case_id": "C-1"}}),
         tool_step("chitty_chat_session_list", {}),
         tool_step("chitty_chat_session_get", {"session_id": session_id}),

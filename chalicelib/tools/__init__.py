@@ -10,7 +10,7 @@ from chalicelib.db import Database, DatabaseUnavailable
 from chalicelib.mcp import JsonRpcError, Registry, ToolCall, ToolResult, Unavailable
 from chalicelib.mcp.errors import UNAVAILABLE
 from chalicelib.mcp.registry import ToolHandler
-from chalicelib.tools import analytics, chat, configs, jobs, keys, limits, sessions, templates
+from chalicelib.tools import analytics, chat, configs, jobs, keys, limits, oauth, sessions, templates
 
 
 def _database_errors_as_results(handler: ToolHandler) -> ToolHandler:
@@ -45,6 +45,7 @@ def build_registry(db: Database) -> Registry:
     registry = Registry()
     chat.register(registry, db)
     jobs.register(registry, db)
+    oauth.register(registry, db)
     sessions.register(registry, db)
     keys.register(registry, db)
     limits.register(registry, db)

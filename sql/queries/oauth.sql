@@ -65,3 +65,28 @@ RETURNING user_id;
 -- name: invite_state
 SELECT user_id, used_at IS NOT NULL AS used, expires_at <= now() AS expired
 FROM user_invites WHERE token_hash = :token_hash;
+
+-- name: list_grants
+SELECT g.id, g.client_id, c.client_name, split_part(split_part(c.redirect_uris[1], '://', 2), '/', 1) AS redirect_host,
+       g.scope, g.created_at, g.revoked_at,
+       (SELECT max(t.last_used_at) FROM access_tokens t WHERE t.grant_id = g.id) AS last_used_at
+FROM oauth_grants g
+JOIN oauth_clients c ON c.client_id = g.client_id
+WHERE g.user_id = :user_id AND (CAST(:include_revoked AS boolean) OR g.revoked_at IS NULL)
+ORDER BY g.created_at DESC, g.id
+LIMIT 200;
+
+-- name: revoke_user_grant
+-- Revoke one of the user's grants and its tokens at once; NULL for a grant that is not theirs.
+WITH revoked AS (
+    UPDATE oauth_grants SET revoked_at = coalesce(revoked_at, now())
+    WHERE id = CAST(:grant_id AS uuid) AND user_id = :user_id
+    RETURNING *
+), tokens AS (
+    UPDATE access_tokens SET revoked_at = coalesce(access_tokens.revoked_at, now())
+    FROM revoked WHERE access_tokens.grant_id = revoked.id
+)
+SELECT r.id, r.client_id, c.client_name, split_part(split_part(c.redirect_uris[1], '://', 2), '/', 1) AS redirect_host,
+       r.scope, r.created_at, r.revoked_at,
+       (SELECT max(t.last_used_at) FROM access_tokens t WHERE t.grant_id = r.id) AS last_used_at
+FROM revoked r JOIN oauth_clients c ON c.client_id = r.client_id;
