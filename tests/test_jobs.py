@@ -11,17 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx2
 import pytest
 
 from tests.clients import modern_headers, modern_meta, post
-from tests.conftest import ENCRYPTION_KEY, ROOT, SERVER_OPENAI_KEY, Server, free_port, server_env
+from tests.conftest import Server, server_env, start_make_run
 from tests.test_chat import rows, tool
 
 # 80 pieces of about four characters, 0.4 s apart: an answer that takes over 30 s.
@@ -33,34 +30,12 @@ TASKS = {"extensions": {"io.modelcontextprotocol/tasks": {}}}
 @pytest.fixture(scope="module")
 def run_server(database_url, fake_openai_server, tmp_path_factory) -> Iterator[Server]:
     """`make run`'s program serving the test database, with jobs run by local worker processes."""
-    run_dir = tmp_path_factory.mktemp("make-run")
-    port = free_port()
-    log_path = run_dir / "make-run.log"
-    env = {
-        **{key: value for key, value in os.environ.items() if not key.startswith(("CHITTY_", "DEBUG"))},
-        "CHITTY_RUN_DIR": str(run_dir),
-        "CHITTY_DATABASE_URL": database_url,
-        "CHITTY_ENCRYPTION_KEY": ENCRYPTION_KEY,
-        "CHITTY_JOB_RUNNER": "local",
-        "CHITTY_JOB_STALE_SECONDS": "3",
-        "PORT": str(port),
-        "PYTHONUNBUFFERED": "1",
-        "OPENAI_BASE_URL": fake_openai_server.base_url,
-        "OPENAI_API_KEY": SERVER_OPENAI_KEY,
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "devtools.local"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    server = Server(process=process, port=port, log_path=log_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, server.log_text()
-        try:
-            if httpx2.get(f"{server.base_url}/health", timeout=2).status_code == 200:
-                break
-        except httpx2.TransportError:
-            time.sleep(0.2)
+    server = start_make_run(
+        tmp_path_factory.mktemp("make-run"),
+        database_url,
+        fake_openai_server,
+        {"CHITTY_JOB_RUNNER": "local", "CHITTY_JOB_STALE_SECONDS": "3"},
+    )
     yield server
     server.stop()
 
