@@ -22,6 +22,7 @@ from chalicelib.db import SQL_DIR, Database, connection, load_queries
 from devtools import embedded
 from devtools.fake_openai import DEFAULT_CITATIONS, FakeOpenAI, is_reasoning_model
 from tests.books import assert_books_balance
+from tests.browser import browser  # noqa: F401 (the fixture, for every test module)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE = str(Path(sys.executable).parent / "chalice")
