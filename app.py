@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from chalice import Chalice, Cron, Rate, Response
+from chalice import Chalice, CORSConfig, Cron, Rate, Response
 from chalice.app import CloudWatchEvent
 
 from chalicelib import service, upkeep
@@ -38,23 +38,28 @@ def jobs(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return service.run_job(event, context)
 
 
-@app.route("/.well-known/oauth-protected-resource", methods=["GET"])
-@app.route("/.well-known/oauth-protected-resource/mcp", methods=["GET"])
+# Browser-based clients (the Inspector) discover, register and exchange codes from their own page; the
+# TypeScript SDK adds MCP-Protocol-Version, so they ask first (a preflight).
+OAUTH_CORS = CORSConfig(allow_origin="*", allow_headers=["MCP-Protocol-Version"], max_age=600)
+
+
+@app.route("/.well-known/oauth-protected-resource", methods=["GET"], cors=OAUTH_CORS)
+@app.route("/.well-known/oauth-protected-resource/mcp", methods=["GET"], cors=OAUTH_CORS)
 def protected_resource_metadata() -> Response:
     return _discovery("protected_resource")
 
 
-@app.route("/.well-known/oauth-authorization-server", methods=["GET"])
+@app.route("/.well-known/oauth-authorization-server", methods=["GET"], cors=OAUTH_CORS)
 def authorization_server_metadata() -> Response:
     return _discovery("authorization_server")
 
 
-@app.route("/.well-known/openid-configuration", methods=["GET"])
+@app.route("/.well-known/openid-configuration", methods=["GET"], cors=OAUTH_CORS)
 def openid_configuration() -> Response:
     return _discovery("openid")
 
 
-@app.route("/jwks", methods=["GET"])
+@app.route("/jwks", methods=["GET"], cors=OAUTH_CORS)
 def jwks() -> Response:
     return _discovery("jwks")
 
@@ -62,17 +67,17 @@ def jwks() -> Response:
 FORM = ["application/x-www-form-urlencoded"]
 
 
-@app.route("/register", methods=["POST"], content_types=["application/json"])
+@app.route("/register", methods=["POST"], content_types=["application/json"], cors=OAUTH_CORS)
 def register() -> Response:
     return _oauth("register")
 
 
-@app.route("/token", methods=["POST"], content_types=FORM)
+@app.route("/token", methods=["POST"], content_types=FORM, cors=OAUTH_CORS)
 def token() -> Response:
     return _oauth("token")
 
 
-@app.route("/revoke", methods=["POST"], content_types=FORM)
+@app.route("/revoke", methods=["POST"], content_types=FORM, cors=OAUTH_CORS)
 def revoke() -> Response:
     return _oauth("revoke")
 
@@ -89,6 +94,12 @@ def authorize() -> Response:
         {name.lower(): value for name, value in request.headers.items()},
         (request.context.get("identity") or {}).get("sourceIp"),
     )
+    return Response(body=body, status_code=status, headers=headers)
+
+
+@app.route("/oidc/callback", methods=["GET"])
+def oidc_callback() -> Response:
+    status, body, headers = service.oidc_callback(dict(app.current_request.query_params or {}))
     return Response(body=body, status_code=status, headers=headers)
 
 

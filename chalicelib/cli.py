@@ -94,6 +94,34 @@ def cmd_user_invite(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apps_list(args: argparse.Namespace) -> int:
+    rows = _database().all("list_grants", user_id=args.user_id, include_revoked=args.include_revoked)
+    for row in rows:
+        used = row["last_used_at"].isoformat() if row["last_used_at"] else "never"
+        revoked = f"  revoked {row['revoked_at'].isoformat()}" if row["revoked_at"] else ""
+        print(
+            f"{row['id']}  {row['client_name']} ({row['redirect_host'] or row['client_id']})  scope={row['scope']}  "
+            f"allowed {row['created_at'].isoformat()}  last used {used}{revoked}"
+        )
+    if not rows:
+        print(f"{args.user_id} has no connected apps")
+    return 0
+
+
+def cmd_apps_revoke(args: argparse.Namespace) -> int:
+    try:
+        grant_id = uuid.UUID(args.grant_id)
+    except ValueError:
+        print(f"error: {args.grant_id!r} is not a connected app's id (a UUID)", file=sys.stderr)
+        return 2
+    row = _database().one("revoke_user_grant", grant_id=str(grant_id), user_id=args.user_id)
+    if row is None:
+        print(f"error: {args.user_id} has no connected app {grant_id}", file=sys.stderr)
+        return 1
+    print(f"revoked {row['client_name']} ({row['id']}) of {args.user_id}: its tokens stop at once")
+    return 0
+
+
 def cmd_token_issue(args: argparse.Namespace) -> int:
     if args.expires_days is not None and args.expires_days <= 0:
         print("error: --expires-days must be a positive number of days", file=sys.stderr)
@@ -320,6 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id")
     revoke.set_defaults(run=cmd_token_revoke)
+
+    apps = commands.add_parser("apps", help="apps users connected by signing in (OAuth)").add_subparsers(
+        dest="action", required=True
+    )
+    listed = apps.add_parser("list", help="a user's connected apps: id, client, scope, last used")
+    listed.add_argument("user_id")
+    listed.add_argument("--include-revoked", action="store_true")
+    listed.set_defaults(run=cmd_apps_list)
+    revoked = apps.add_parser("revoke", help="disconnect an app: its grant and every token of it stop at once")
+    revoked.add_argument("user_id")
+    revoked.add_argument("grant_id")
+    revoked.set_defaults(run=cmd_apps_revoke)
 
     prices = commands.add_parser("pricing", help="model prices").add_subparsers(dest="action", required=True)
     prices.add_parser("list", help="prices in force now").set_defaults(run=cmd_pricing_list)

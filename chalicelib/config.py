@@ -21,6 +21,7 @@ SECRET_SETTINGS = (
     "CHITTY_MIGRATION_DATABASE_URL",
     "CHITTY_ENCRYPTION_KEY",
     "CHITTY_SAFETY_SECRET",
+    "CHITTY_OIDC_CLIENT_SECRET",
 )
 # OpenAI's own API: where the Responses API and its retirement schedule apply.
 OPENAI_HOSTS = ("api.openai.com",)
@@ -120,6 +121,42 @@ def stored_secrets(secret_id: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class OidcProvider:
+    """The external OpenID Connect provider users may sign in with (CHITTY_OIDC_*)."""
+
+    issuer: str
+    client_id: str
+    # The claim whose value is the user's id here (an account is linked to its user at its first sign-in).
+    claim: str
+    # Whether an account whose claim names no user becomes a new user (else it is refused).
+    sign_up: bool
+    # The provider's name on the sign-in button.
+    name: str
+
+
+def _oidc_provider() -> OidcProvider | None:
+    """CHITTY_OIDC_ISSUER and CHITTY_OIDC_CLIENT_ID (its secret is the secret setting CHITTY_OIDC_CLIENT_SECRET)."""
+    from urllib.parse import urlsplit
+
+    issuer = (os.environ.get("CHITTY_OIDC_ISSUER") or "").rstrip("/")
+    if not issuer:
+        return None
+    client_id = os.environ.get("CHITTY_OIDC_CLIENT_ID") or ""
+    if not client_id:
+        raise ConfigError("CHITTY_OIDC_ISSUER is set but CHITTY_OIDC_CLIENT_ID is not; set both (and the secret).")
+    parts = urlsplit(issuer)
+    if parts.scheme != "https" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+        raise ConfigError(f"CHITTY_OIDC_ISSUER must be an https URL, not {issuer!r}.")
+    return OidcProvider(
+        issuer=issuer,
+        client_id=client_id,
+        claim=os.environ.get("CHITTY_OIDC_CLAIM") or "email",
+        sign_up=_flag("CHITTY_OIDC_SIGN_UP", False),
+        name=os.environ.get("CHITTY_OIDC_NAME") or parts.hostname or issuer,
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """What the server needs to know about where it runs."""
 
@@ -148,6 +185,10 @@ class Settings:
     upstream_api: str
     job_runner: str
     public_url: str | None
+    # Tests only: fetch Client ID Metadata Documents from loopback hosts, trusting this CA bundle as well.
+    oauth_cimd_allow_loopback: bool
+    oauth_cimd_ca_file: str | None
+    oidc: OidcProvider | None
     job_function: str
     job_timeout: float
     job_retention_days: float
@@ -258,6 +299,9 @@ def get_settings() -> Settings:
         limited_max_tokens_reasoning=int(os.environ.get("CHITTY_LIMITED_MAX_TOKENS_REASONING", "32768")),
         default_limits=_default_limits(),
         public_url=(os.environ.get("CHITTY_PUBLIC_URL") or "").rstrip("/") or None,
+        oauth_cimd_allow_loopback=_flag("CHITTY_OAUTH_CIMD_ALLOW_LOOPBACK", False),
+        oauth_cimd_ca_file=os.environ.get("CHITTY_OAUTH_CIMD_CA_FILE") or None,
+        oidc=_oidc_provider(),
         job_runner=_job_runner(os.environ.get("CHITTY_JOB_RUNNER", "")),
         job_function=os.environ.get("CHITTY_JOB_FUNCTION")
         or f"chitty-chatgpt-mcp-{os.environ.get('CHITTY_STAGE', 'dev')}-jobs",

@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pg8000.exceptions import DatabaseError
 
@@ -18,6 +18,9 @@ from chalicelib.mcp import HttpRequest, HttpResponse, JsonRpcError, McpServer, S
 from chalicelib.mcp.errors import UNAVAILABLE
 from chalicelib.migrate import apply, expected_schema
 from chalicelib.oauth.metadata import challenge
+
+if TYPE_CHECKING:
+    from chalicelib.oauth.pages import OidcSignIn
 
 UNDEFINED_TABLE = "42P01"
 # Debug logs show only headers known to carry no credential: a token can hide in any other
@@ -247,7 +250,34 @@ def authorize(
         source_ip=source_ip,
         issuer=settings.public_url,
         resource=settings.resource,
+        settings=settings,
+        oidc=_oidc_sign_in(),
     )
+    return page.status, page.body, page.headers
+
+
+def _oidc_sign_in() -> OidcSignIn | None:
+    """The external OpenID provider the sign-in page offers, if the operator configured one."""
+    from chalicelib.oauth.pages import OidcSignIn
+
+    settings = get_settings()
+    secret = settings.secret("CHITTY_OIDC_CLIENT_SECRET")
+    if settings.oidc is None:
+        return None
+    if not secret:
+        raise ConfigError("CHITTY_OIDC_ISSUER is set but CHITTY_OIDC_CLIENT_SECRET is not.")
+    return OidcSignIn(settings.oidc, secret)
+
+
+def oidc_callback(query: dict[str, str]) -> tuple[int, str, dict[str, str]]:
+    """GET /oidc/callback: back from the external OpenID provider; the consent page, or why not."""
+    from chalicelib.oauth import pages
+
+    settings = get_settings()
+    oidc = _oidc_sign_in()
+    if settings.public_url is None or oidc is None:
+        return 404, "No OpenID provider is set up (CHITTY_OIDC_ISSUER).", {"Content-Type": "text/plain"}
+    page = pages.provider_callback(get_database(), oidc, query, settings.public_url)
     return page.status, page.body, page.headers
 
 

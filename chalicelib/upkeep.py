@@ -87,14 +87,20 @@ def import_prices(db: Database, url: str) -> dict[str, int | bool]:
 def daily_upkeep(db: Database) -> dict[str, int | bool]:
     """The daily round: the usage rollup (a safety net for the five-minute runs), the purge of the
     reservations of calls that died (they stopped counting when they expired), the purge of finished jobs
-    past CHITTY_JOB_RETENTION and, with CHITTY_PRICING_URL
-    set, the import of OpenAI's current models and prices, logged."""
+    past CHITTY_JOB_RETENTION, the purge of what sign-in left that nothing can use (expired codes and
+    tokens, dead grants, unused clients, old attempts) and, with CHITTY_PRICING_URL set, the import of
+    OpenAI's current models and prices, logged."""
     result: dict[str, int | bool] = asdict(roll_up_usage(db, budget_s=SCHEDULED_BUDGET_S))
     purged = db.one("purge_expired_reservations")
     result["expired_reservations_purged"] = purged["purged"] if purged else 0
     from chalicelib import jobs
 
     result["jobs_purged"] = jobs.purge(db)
+    sign_in = db.one("purge_sign_in_records")
+    assert sign_in is not None
+    result.update(
+        sign_in_records_purged=sign_in["records"], grants_purged=sign_in["grants"], clients_purged=sign_in["clients"]
+    )
     url = get_settings().pricing_url
     if url:
         result.update(import_prices(db, url))

@@ -605,6 +605,8 @@ def test_the_scheduled_functions_roll_usage_up_and_log_their_counts(database_url
     # Jobs other tests left behind may be reaped or purged here; how many is theirs to say (tests/test_jobs.py).
     assert answers["refresh_usage"].pop("jobs_reaped") >= 0
     assert answers["daily_upkeep"].pop("jobs_purged") >= 0
+    for purged in ("sign_in_records_purged", "grants_purged", "clients_purged"):  # tests/test_oauth_sql.py
+        assert answers["daily_upkeep"].pop(purged) >= 0
     assert answers == {
         "refresh_usage": {"rolled_up": 25, "batches": 1, "complete": True},
         "daily_upkeep": {"rolled_up": 0, "batches": 1, "complete": True},

@@ -97,6 +97,8 @@ def test_an_unregistered_redirect_is_shown_never_followed(signed_server, client_
     )
     assert page.status_code == 400
     assert "location" not in page.headers
+    malformed = httpx2.get(signed_server.base_url + "/authorize", params=request(client_id, redirect_uri="http://[::1"))
+    assert malformed.status_code == 400
     unknown = httpx2.get(signed_server.base_url + "/authorize", params=request("nobody-knows-this-client"))
     assert unknown.status_code == 400
     assert "location" not in unknown.headers

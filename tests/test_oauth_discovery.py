@@ -191,6 +191,8 @@ def test_a_registered_client_exchanges_a_code_refreshes_and_revokes(signed_serve
         {"redirect_uris": ["http://evil.example/cb"]},
         {"redirect_uris": []},
         {"redirect_uris": ["javascript:alert(1)"]},
+        {"redirect_uris": ["http://[::1/cb"]},
+        {"redirect_uris": ["http://127.0.0.1:notaport/cb"]},
         {"redirect_uris": ["https://ok.example/cb"], "grant_types": ["client_credentials"]},
     ],
 )
@@ -231,3 +233,68 @@ def test_a_user_sees_and_disconnects_their_apps(signed_server, alice, bob, datab
     assert (
         post(signed_server.mcp_url, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, token=token).status_code == 401
     )
+
+
+def test_an_admin_lists_and_disconnects_a_users_apps_from_the_command_line(alice, database_url):
+    from tests.clients import run_cli
+    from tests.conftest import make_grant
+
+    token = oauth_token(database_url, alice.user_id, "mcp", f"{PUBLIC}/mcp")
+    with connection(database_url) as conn:
+        ((grant,),) = conn.run(
+            "SELECT grant_id FROM access_tokens WHERE token_hash = :h", h=hashlib.sha256(token.encode()).hexdigest()
+        )
+    other = make_grant(database_url, alice.user_id)
+    listed = run_cli("apps", "list", alice.user_id, database_url=database_url)
+    assert listed.returncode == 0, listed.stderr
+    assert str(grant) in listed.stdout
+    assert other in listed.stdout
+    assert "scope=mcp" in listed.stdout
+    assert run_cli("apps", "revoke", "someone-else", str(grant), database_url=database_url).returncode == 1
+    assert run_cli("apps", "revoke", alice.user_id, "not-a-uuid", database_url=database_url).returncode == 2
+    revoked = run_cli("apps", "revoke", alice.user_id, str(grant), database_url=database_url)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "its tokens stop at once" in revoked.stdout
+    with connection(database_url) as conn:
+        assert conn.run(
+            "SELECT revoked_at IS NOT NULL FROM access_tokens WHERE grant_id = CAST(:g AS uuid)", g=str(grant)
+        ) == [[True]]
+    after = run_cli("apps", "list", alice.user_id, database_url=database_url).stdout
+    assert str(grant) not in after
+    assert str(grant) in run_cli("apps", "list", alice.user_id, "--include-revoked", database_url=database_url).stdout
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/.well-known/oauth-protected-resource/mcp", "GET"),
+        ("/.well-known/oauth-authorization-server", "GET"),
+        ("/register", "POST"),
+        ("/token", "POST"),
+        ("/revoke", "POST"),
+    ],
+)
+def test_a_browser_client_may_call_the_oauth_endpoints_from_its_own_page(signed_server, path, method):
+    preflight = httpx2.request(
+        "OPTIONS",
+        signed_server.base_url + path,
+        headers={
+            "Origin": "http://localhost:6274",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "content-type,mcp-protocol-version",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert method in preflight.headers["access-control-allow-methods"]
+    assert "mcp-protocol-version" in preflight.headers["access-control-allow-headers"].lower()
+    answer = httpx2.request(
+        method,
+        signed_server.base_url + path,
+        headers={
+            "Origin": "http://localhost:6274",
+            "Content-Type": "application/json" if path == "/register" else "application/x-www-form-urlencoded",
+        },
+        content=b"{}" if path == "/register" else b"",
+    )
+    assert answer.headers["access-control-allow-origin"] == "*"

@@ -133,3 +133,41 @@ def test_a_personal_token_has_no_scope_and_no_resource(conn, user):
     token = uuid.uuid4().hex
     conn.run("INSERT INTO access_tokens (user_id, token_hash, label) VALUES (:u, :h, 'cli')", u=user, h=digest(token))
     assert live(conn, token) == [[user, None, None]]
+
+
+def test_the_daily_purge_removes_what_nothing_can_use_and_keeps_what_is_live(conn, user, db):
+    _, live_access, live_refresh = redeem(conn, new_code(conn, user))
+    _, dead_access, _ = redeem(conn, new_code(conn, user))
+    conn.run(
+        "UPDATE oauth_grants SET revoked_at = now() - interval '31 days' "
+        "WHERE id = (SELECT grant_id FROM access_tokens WHERE token_hash = :h)",
+        h=digest(dead_access),
+    )
+    old_code, fresh_code = new_code(conn, user), new_code(conn, user)
+    conn.run("UPDATE oauth_codes SET expires_at = now() - interval '2 days' WHERE code_hash = :h", h=digest(old_code))
+    stale_client = "stale-" + uuid.uuid4().hex
+    conn.run(
+        "INSERT INTO oauth_clients (client_id, kind, client_name, redirect_uris, created_at) "
+        "VALUES (:c, 'registered', 'Never used', ARRAY[:r], now() - interval '8 days')",
+        c=stale_client,
+        r=REDIRECT,
+    )
+    conn.run(
+        "INSERT INTO login_attempts (login, succeeded, at) VALUES (:u, false, now() - interval '31 days'), "
+        "(:u, false, now())",
+        u=user,
+    )
+
+    purged = db.one("purge_sign_in_records")
+
+    assert purged["grants"] >= 1
+    assert purged["clients"] >= 1
+    assert purged["records"] >= 2
+    assert live(conn, live_access) == [[user, "mcp", RESOURCE]]
+    assert conn.run("SELECT count(*) FROM oauth_refresh_tokens WHERE token_hash = :h", h=digest(live_refresh)) == [[1]]
+    assert conn.run("SELECT count(*) FROM access_tokens WHERE token_hash = :h", h=digest(dead_access)) == [[0]]
+    assert conn.run("SELECT count(*) FROM oauth_codes WHERE code_hash = :h", h=digest(old_code)) == [[0]]
+    assert conn.run("SELECT count(*) FROM oauth_codes WHERE code_hash = :h", h=digest(fresh_code)) == [[1]]
+    assert conn.run("SELECT count(*) FROM oauth_clients WHERE client_id = :c", c=stale_client) == [[0]]
+    assert conn.run("SELECT count(*) FROM oauth_clients WHERE client_id = :c", c=CLIENT) == [[1]]
+    assert conn.run("SELECT count(*) FROM login_attempts WHERE login = :u", u=user) == [[1]]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from chalicelib.config import OidcProvider, Settings
 from chalicelib.db import Database
 from chalicelib.oauth import passwords
 from chalicelib.oauth.metadata import DEFAULT_SCOPE, SCOPES
@@ -33,7 +34,8 @@ PAGE_HEADERS = {
 }
 STYLE = (
     "body{font:16px system-ui,sans-serif;max-width:28em;margin:3em auto;padding:0 1em}"
-    "label{display:block;margin:.8em 0}input{width:100%;padding:.4em}button{margin:.8em .5em 0 0;padding:.5em 1.2em}"
+    "label{display:block;margin:.8em 0}input{width:100%;box-sizing:border-box;padding:.4em}"
+    "button{margin:.8em .5em 0 0;padding:.5em 1.2em}"
     ".error{color:#b00020}"
 )
 
@@ -53,7 +55,8 @@ def _redirect(uri: str, params: dict[str, str], issuer: str) -> Page:
 
 def _message(title: str, text: str, status: int) -> Page:
     body = (
-        f"<!doctype html><html lang=en><meta charset=utf-8><title>{html.escape(title)}</title>"
+        "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        f"<title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></html>"
     )
     return Page(status, body)
@@ -63,7 +66,10 @@ def redirect_allowed(requested: str, registered: list[str]) -> bool:
     """Exact match, or a loopback http URI that differs only in its port (RFC 8252 7.3)."""
     if requested in registered:
         return True
-    asked = urlsplit(requested)
+    try:
+        asked = urlsplit(requested)
+    except ValueError:  # not a URL at all
+        return False
     if asked.scheme != "http" or asked.hostname not in ("127.0.0.1", "::1"):
         return False
     for uri in registered:
@@ -73,9 +79,21 @@ def redirect_allowed(requested: str, registered: list[str]) -> bool:
     return False
 
 
-def _validated(db: Database, params: dict[str, str], resource: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _validated(
+    db: Database, params: dict[str, str], resource: str, settings: Settings
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The client and the request, or a Page to show (client or redirect URI wrong) or a redirect with the error."""
-    client = db.one("oauth_client", client_id=params["client_id"]) if params.get("client_id") else None
+    client_id = params.get("client_id", "")
+    if client_id.lower().startswith("https://"):
+        # A client known by the URL of its metadata document; only this path imports the fetcher (cold start).
+        from chalicelib.oauth import cimd
+
+        try:
+            client = cimd.client_for(db, client_id, settings)
+        except cimd.MetadataDocumentError as error:
+            raise _Shown(_message("Cannot sign in", str(error), 400)) from None
+    else:
+        client = db.one("oauth_client", client_id=client_id) if client_id else None
     if client is None:
         raise _Shown(_message("Cannot sign in", "This application is not known to the server.", 400))
     redirect_uri = params.get("redirect_uri", "")
@@ -119,8 +137,11 @@ def authorize(
     source_ip: str | None,
     issuer: str,
     resource: str,
+    settings: Settings,
+    oidc: OidcSignIn | None = None,
 ) -> Page:
-    """GET shows the sign-in and consent page; POST signs in and answers the client with a code, or an error."""
+    """GET shows the sign-in and consent page; POST signs in and answers the client with a code, or an error.
+    With `oidc`, the page also offers the external provider, and a POST with its ticket answers the consent."""
     try:
         if method == "GET":
             pairs = [(name, value) for name, values in query.items() for value in values]
@@ -132,8 +153,10 @@ def authorize(
             if origin is not None and origin != _origin(issuer):
                 return _message("Cannot sign in", "A sign-in from another site was refused.", 403)
             params = form(body)
-        answers = {name: params.pop(name, "") for name in ("login", "password", "decision")}
-        client, request = _validated(db, params, resource)
+        answers = {name: params.pop(name, "") for name in ("login", "password", "decision", "ticket")}
+        if method == "POST" and answers["ticket"]:
+            return _consented(db, answers["ticket"], answers["decision"], issuer)
+        client, request = _validated(db, params, resource, settings)
     except OAuthError as error:
         return _message("Cannot sign in", error.description or error.error, 400)
     except _Shown as shown:
@@ -147,22 +170,80 @@ def authorize(
     if method == "POST":
         if answers["decision"] == "deny":
             return _redirect(request["redirect_uri"], {"error": "access_denied", **state}, issuer)
+        if answers["decision"] == "oidc" and oidc is not None:
+            return _to_provider(db, oidc, request, issuer)
         signed_in = _sign_in(db, answers["login"], answers["password"], source_ip)
         if signed_in is True:
-            code = secrets.token_urlsafe(32)
-            db.one(
-                "store_code",
-                code_hash=digest(code),
-                user_id=answers["login"],
-                client_id=client["client_id"],
-                redirect_uri=request["redirect_uri"],
-                scope=request["scope"],
-                resource=request["resource"],
-                code_challenge=request["code_challenge"],
-            )
-            return _redirect(request["redirect_uri"], {"code": code, **state}, issuer)
-        return _page(client, request, issuer, error=signed_in, status=401 if "password" in signed_in else 429)
-    return _page(client, request, issuer, error=None, status=200)
+            return _issue_code(db, answers["login"], request, issuer)
+        return _page(
+            client, request, issuer, error=signed_in, status=401 if "password" in signed_in else 429, oidc=oidc
+        )
+    return _page(client, request, issuer, error=None, status=200, oidc=oidc)
+
+
+@dataclass(frozen=True)
+class OidcSignIn:
+    """The external OpenID provider the page offers, and the client secret the server holds for it."""
+
+    provider: OidcProvider
+    secret: str
+
+
+def _issue_code(db: Database, user_id: str, request: dict[str, str], issuer: str) -> Page:
+    """The user allowed: a code (single use, 60 s) for the client, bound to the PKCE challenge and the resource."""
+    code = secrets.token_urlsafe(32)
+    db.one(
+        "store_code",
+        code_hash=digest(code),
+        user_id=user_id,
+        client_id=request["client_id"],
+        redirect_uri=request["redirect_uri"],
+        scope=request["scope"],
+        resource=request["resource"],
+        code_challenge=request["code_challenge"],
+    )
+    state = {"state": request["state"]} if request.get("state") else {}
+    return _redirect(request["redirect_uri"], {"code": code, **state}, issuer)
+
+
+def _to_provider(db: Database, oidc: OidcSignIn, request: dict[str, str], issuer: str) -> Page:
+    from chalicelib.oauth import oidc as provider_sign_in
+
+    try:
+        location = provider_sign_in.start(db, oidc.provider, oidc.secret, request, issuer)
+    except provider_sign_in.SignInFailed as failed:
+        return _message("Cannot sign in", failed.reason, failed.status)
+    return Page(302, "", {"Location": location, "Cache-Control": "no-store"})
+
+
+def provider_callback(db: Database, oidc: OidcSignIn, query: dict[str, str], issuer: str) -> Page:
+    """Back from the external provider: the consent page for the user it signed in, or why not."""
+    from chalicelib.oauth import oidc as provider_sign_in
+
+    try:
+        request, user_id = provider_sign_in.finish(db, oidc.provider, oidc.secret, query, issuer)
+    except provider_sign_in.SignInFailed as failed:
+        return _message("Cannot sign in", failed.reason, failed.status)
+    state = {"state": request["state"]} if request.get("state") else {}
+    if user_id is None:
+        return _redirect(request["redirect_uri"], {"error": "access_denied", **state}, issuer)
+    client = db.one("oauth_client", client_id=request["client_id"])
+    if client is None:
+        return _message("Cannot sign in", "This application is no longer known to the server.", 400)
+    ticket = provider_sign_in.ticket_for(db, query["state"], user_id)
+    return _page(client, request, issuer, error=None, status=200, signed_in=(user_id, oidc.provider.name, ticket))
+
+
+def _consented(db: Database, ticket: str, decision: str, issuer: str) -> Page:
+    """The consent page after the external provider: its ticket names the user and the request, once."""
+    spent = db.one("use_oidc_ticket", ticket_hash=digest(ticket))
+    if spent is None:
+        return _message("Cannot sign in", "This sign-in has expired or was used already: start again.", 400)
+    request: dict[str, str] = spent["request"]
+    if decision != "allow":
+        state = {"state": request["state"]} if request.get("state") else {}
+        return _redirect(request["redirect_uri"], {"error": "access_denied", **state}, issuer)
+    return _issue_code(db, spent["user_id"], request, issuer)
 
 
 def _sign_in(db: Database, login: str, password: str, source_ip: str | None) -> bool | str:
@@ -181,14 +262,40 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _page(client: dict[str, Any], request: dict[str, str], issuer: str, *, error: str | None, status: int) -> Page:
-    hidden = "".join(
-        f'<input type="hidden" name="{html.escape(name)}" value="{html.escape(value)}">'
-        for name, value in request.items()
-        if name != "resource" or value
-    )
+def _page(
+    client: dict[str, Any],
+    request: dict[str, str],
+    issuer: str,
+    *,
+    error: str | None,
+    status: int,
+    oidc: OidcSignIn | None = None,
+    signed_in: tuple[str, str, str] | None = None,
+) -> Page:
+    """The sign-in and consent page; `signed_in` (user, provider, ticket): the user is known, only consent is asked."""
     host = urlsplit(request["redirect_uri"]).hostname or request["redirect_uri"]
     admin = "mcp:admin" in request["scope"].split()
+    if signed_in is None:
+        fields = {name: value for name, value in request.items() if name != "resource" or value}
+        sign_in = (
+            "<label>User <input name=login autocomplete=username required></label>"
+            "<label>Password <input name=password type=password autocomplete=current-password></label>"
+        )
+        buttons = "<button name=decision value=allow>Allow</button>"
+        if oidc is not None:
+            buttons += (
+                f"<button name=decision value=oidc formnovalidate>Sign in with {html.escape(oidc.provider.name)}"
+                "</button>"
+            )
+    else:
+        user_id, provider, ticket = signed_in
+        fields = {"ticket": ticket}
+        sign_in = f"<p>Signed in as <b>{html.escape(user_id)}</b> with {html.escape(provider)}.</p>"
+        buttons = "<button name=decision value=allow>Allow</button>"
+    hidden = "".join(
+        f'<input type="hidden" name="{html.escape(name)}" value="{html.escape(value)}">'
+        for name, value in fields.items()
+    )
     body = (
         "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
         f"<title>Sign in to ChittyOS ChatGPT</title><style>{STYLE}</style>"
@@ -196,10 +303,7 @@ def _page(client: dict[str, Any], request: dict[str, str], issuer: str, *, error
         f"<p>wants to use ChittyOS ChatGPT as you{' with your admin rights' if admin else ''}, and will send you back "
         f"to <b>{html.escape(host)}</b>.</p>"
         + (f"<p class=error role=alert>{html.escape(error)}</p>" if error else "")
-        + f'<form method=post action="{html.escape(issuer)}/authorize">{hidden}'
-        "<label>User <input name=login autocomplete=username required></label>"
-        "<label>Password <input name=password type=password autocomplete=current-password></label>"
-        "<button name=decision value=allow>Allow</button><button name=decision value=deny formnovalidate>Deny</button>"
-        "</form></html>"
+        + f'<form method=post action="{html.escape(issuer)}/authorize">{hidden}{sign_in}{buttons}'
+        "<button name=decision value=deny formnovalidate>Deny</button></form></html>"
     )
     return Page(status, body)

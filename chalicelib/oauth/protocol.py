@@ -119,7 +119,11 @@ def register(db: Database, body: bytes) -> Answer:
 def _redirect_uri_ok(uri: Any) -> bool:
     if not isinstance(uri, str) or len(uri) > 2000:
         return False
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        return False
     if parts.fragment:
         return False
     if parts.scheme == "https":

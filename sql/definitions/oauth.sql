@@ -95,3 +95,40 @@ COMMENT ON FUNCTION oauth_refresh(text, text, text, text, text, interval, interv
     'Exchange a refresh token for a new pair; a spent one presented again revokes its grant and its tokens.';
 COMMENT ON FUNCTION oauth_revoke(text, text) IS
     'RFC 7009: revoke the grant behind an access or refresh token of the client; false for an unknown token.';
+
+-- Who an account at the external OpenID provider is: the user it was linked to, else the user whose id is the
+-- operator's chosen claim (and the link is made), else, when sign-up is allowed, a new user of that id. One
+-- round trip; error 'unknown' when none applies, 'invalid_id' when the claim cannot be a user id.
+CREATE OR REPLACE FUNCTION oidc_identify(
+    p_issuer text, p_subject text, p_claim text, p_display_name text, p_allow_sign_up boolean,
+    OUT user_id text, OUT error text, OUT created boolean
+) LANGUAGE plpgsql AS $$
+BEGIN
+    created := false;
+    UPDATE user_identities i SET last_sign_in_at = now()
+    WHERE i.issuer = p_issuer AND i.subject = p_subject
+    RETURNING i.user_id INTO user_id;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    SELECT u.id INTO user_id FROM users u WHERE u.id = p_claim;
+    IF NOT FOUND THEN
+        IF NOT p_allow_sign_up OR p_claim IS NULL THEN
+            error := 'unknown';
+            RETURN;
+        END IF;
+        IF p_claim !~ '^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$' THEN
+            error := 'invalid_id';
+            RETURN;
+        END IF;
+        INSERT INTO users (id, display_name) VALUES (p_claim, coalesce(nullif(p_display_name, ''), p_claim))
+        ON CONFLICT (id) DO NOTHING;
+        user_id := p_claim;
+        created := FOUND;
+    END IF;
+    INSERT INTO user_identities (issuer, subject, user_id) VALUES (p_issuer, p_subject, user_id)
+    ON CONFLICT (issuer, subject) DO UPDATE SET last_sign_in_at = now()
+    RETURNING user_identities.user_id INTO user_id;
+END;
+$$;
+COMMENT ON FUNCTION oidc_identify IS 'Map an external OpenID account to a user: by its link, by the chosen claim, or by sign-up.';

@@ -83,6 +83,28 @@ CREATE TABLE login_attempts (
 );
 CREATE INDEX login_attempts_recent_idx ON login_attempts (login, at DESC);
 
+CREATE TABLE user_identities (
+    issuer          text NOT NULL,
+    subject         text NOT NULL,
+    user_id         text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    last_sign_in_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (issuer, subject)
+);
+CREATE INDEX user_identities_user_idx ON user_identities (user_id);
+
+CREATE TABLE oidc_sign_ins (
+    state_hash  text PRIMARY KEY CHECK (state_hash ~ '^[0-9a-f]{64}$'),
+    request     jsonb NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    returned_at timestamptz,
+    user_id     text REFERENCES users (id) ON DELETE CASCADE,
+    ticket_hash text UNIQUE CHECK (ticket_hash ~ '^[0-9a-f]{64}$'),
+    used_at     timestamptz,
+    CHECK ((ticket_hash IS NULL) = (user_id IS NULL))
+);
+
 COMMENT ON COLUMN oauth_clients.client_id IS 'The id a client registered with, or the https URL of its Client ID Metadata Document.';
 COMMENT ON COLUMN oauth_clients.kind IS 'registered: by RFC 7591 Dynamic Client Registration; metadata_document: by its URL.';
 COMMENT ON COLUMN oauth_clients.redirect_uris IS 'Exact redirect URIs (loopback ones match on any port, RFC 8252).';
@@ -99,6 +121,13 @@ COMMENT ON TABLE user_passwords IS 'Local sign-in passwords, hashed with argon2i
 COMMENT ON COLUMN user_invites.used_at IS 'When the link set a password; a link works once.';
 COMMENT ON TABLE login_attempts IS 'Sign-in attempts, to rate-limit failures per login and per address.';
 COMMENT ON COLUMN login_attempts.login IS 'The user id tried (known or not).';
+
+COMMENT ON TABLE user_identities IS 'Accounts at the external OpenID provider, each linked to one user.';
+COMMENT ON COLUMN user_identities.subject IS 'The provider''s stable id of the account (its sub claim).';
+COMMENT ON TABLE oidc_sign_ins IS 'Sign-ins sent to the external OpenID provider: the authorization request they continue.';
+COMMENT ON COLUMN oidc_sign_ins.state_hash IS 'SHA-256 of the state sent to the provider; the state itself is never stored.';
+COMMENT ON COLUMN oidc_sign_ins.request IS 'The client''s checked authorization request, which the consent that follows answers.';
+COMMENT ON COLUMN oidc_sign_ins.ticket_hash IS 'SHA-256 of the single-use ticket the consent page carries once the user came back signed in.';
 
 -- authenticate_token also answers the scope and the resource of an OAuth token (sql/definitions/access.sql).
 DROP FUNCTION IF EXISTS authenticate_token(text);

@@ -90,3 +90,90 @@ SELECT r.id, r.client_id, c.client_name, split_part(split_part(c.redirect_uris[1
        r.scope, r.created_at, r.revoked_at,
        (SELECT max(t.last_used_at) FROM access_tokens t WHERE t.grant_id = r.id) AS last_used_at
 FROM revoked r JOIN oauth_clients c ON c.client_id = r.client_id;
+
+-- External OpenID Connect provider
+
+-- name: start_oidc_sign_in
+INSERT INTO oidc_sign_ins (state_hash, request, expires_at)
+VALUES (:state_hash, CAST(:request AS jsonb), now() + interval '10 minutes')
+RETURNING state_hash;
+
+-- name: return_oidc_sign_in
+-- The user came back from the provider: spend the state once (a replayed callback finds nothing).
+UPDATE oidc_sign_ins SET returned_at = now()
+WHERE state_hash = :state_hash AND returned_at IS NULL AND expires_at > now()
+RETURNING request;
+
+-- name: oidc_identify
+SELECT user_id, error, created FROM oidc_identify(:issuer, :subject, :claim, :display_name, :allow_sign_up);
+
+-- name: oidc_signed_in
+-- The provider vouched for the user: the ticket the consent page carries, single use.
+UPDATE oidc_sign_ins SET user_id = :user_id, ticket_hash = :ticket_hash
+WHERE state_hash = :state_hash AND ticket_hash IS NULL
+RETURNING state_hash;
+
+-- name: use_oidc_ticket
+-- The consent answered: the user and the request the ticket was for, once, within the sign-in's ten minutes.
+UPDATE oidc_sign_ins SET used_at = now()
+WHERE ticket_hash = :ticket_hash AND used_at IS NULL AND expires_at > now()
+RETURNING user_id, request;
+
+-- Client ID Metadata Documents
+
+-- name: fresh_metadata_document
+-- A client known by the URL of its metadata document, while the copy kept of the document is fresh.
+SELECT client_id, kind, client_name, redirect_uris FROM oauth_clients
+WHERE client_id = :client_id AND kind = 'metadata_document' AND fresh_until > now();
+
+-- name: store_metadata_document
+-- Keep a fetched and valid document for fresh_s seconds (a failure is never kept); a registered client is never
+-- replaced (no row then).
+INSERT INTO oauth_clients (client_id, kind, client_name, redirect_uris, client_uri, logo_uri, fetched_at, fresh_until)
+VALUES (:client_id, 'metadata_document', :client_name, CAST(:redirect_uris AS text[]), CAST(:client_uri AS text),
+        CAST(:logo_uri AS text), now(), now() + CAST(:fresh_s AS integer) * interval '1 second')
+ON CONFLICT (client_id) DO UPDATE
+SET client_name = EXCLUDED.client_name, redirect_uris = EXCLUDED.redirect_uris, client_uri = EXCLUDED.client_uri,
+    logo_uri = EXCLUDED.logo_uri, fetched_at = EXCLUDED.fetched_at, fresh_until = EXCLUDED.fresh_until
+WHERE oauth_clients.kind = 'metadata_document'
+RETURNING client_id, kind, client_name, redirect_uris;
+
+-- Upkeep
+
+-- name: purge_sign_in_records
+-- What sign-in leaves behind, once nothing can use it: codes and provider sign-ins a day after they expired,
+-- OAuth access tokens a day after they expired, refresh tokens once expired or 30 days after their rotation,
+-- grants 30 days after they were revoked or once their last refresh token expired, registered clients no grant
+-- uses a week after registration, invites and sign-in attempts after 30 days.
+WITH codes AS (
+    DELETE FROM oauth_codes WHERE expires_at < now() - interval '1 day' RETURNING 1
+), provider_sign_ins AS (
+    DELETE FROM oidc_sign_ins WHERE expires_at < now() - interval '1 day' RETURNING 1
+), access AS (
+    DELETE FROM access_tokens WHERE grant_id IS NOT NULL AND expires_at < now() - interval '1 day' RETURNING 1
+), refresh AS (
+    DELETE FROM oauth_refresh_tokens
+    WHERE expires_at < now() OR rotated_at < now() - interval '30 days'
+    RETURNING 1
+), grants AS (
+    DELETE FROM oauth_grants g
+    WHERE g.revoked_at < now() - interval '30 days'
+       OR (g.created_at < now() - interval '1 day'
+           AND NOT EXISTS (SELECT 1 FROM oauth_refresh_tokens r WHERE r.grant_id = g.id AND r.expires_at > now()))
+    RETURNING 1
+), clients AS (
+    DELETE FROM oauth_clients c
+    WHERE c.created_at < now() - interval '7 days'
+      AND NOT EXISTS (SELECT 1 FROM oauth_grants g WHERE g.client_id = c.client_id)
+      AND NOT EXISTS (SELECT 1 FROM oauth_codes o WHERE o.client_id = c.client_id)
+    RETURNING 1
+), invites AS (
+    DELETE FROM user_invites WHERE expires_at < now() - interval '30 days' RETURNING 1
+), attempts AS (
+    DELETE FROM login_attempts WHERE at < now() - interval '30 days' RETURNING 1
+)
+SELECT (SELECT count(*) FROM codes) + (SELECT count(*) FROM provider_sign_ins) + (SELECT count(*) FROM access)
+       + (SELECT count(*) FROM refresh) + (SELECT count(*) FROM invites) + (SELECT count(*) FROM attempts)
+       AS records,
+       (SELECT count(*) FROM grants) AS grants,
+       (SELECT count(*) FROM clients) AS clients;
