@@ -124,6 +124,20 @@ def client_config(url: str, token: str) -> str:
     )
 
 
+def sign_in_hint(database: str, public_url: str) -> str:
+    """How to sign in with a password instead of a token (clients that only know OAuth)."""
+    environment = f"CHITTY_DATABASE_URL={shlex.quote(database)} CHITTY_PUBLIC_URL={shlex.quote(public_url)}"
+    return "\n".join(
+        [
+            "Sign in instead of a token (Claude Desktop through mcp-remote, Claude Code without --header): set a",
+            "password at the link this prints, then sign in as dev-admin on the page the client opens:",
+            f"  {environment} .venv/bin/python -m chalicelib.cli user invite dev-admin",
+            f'Claude Desktop: {{"command": "npx", "args": ["mcp-remote", "{public_url}/mcp"]}}',
+            "",
+        ]
+    )
+
+
 def main() -> int:
     port = int(os.environ.get("PORT", "8000"))
     url = database_url()
@@ -133,11 +147,12 @@ def main() -> int:
     db = Database(url=url, queries=load_queries(SQL_DIR / "queries"))
     token = dev_token(db)
     db.discard()
+    # The server's public URL (sign-in's issuer) is its own address, unless one is given.
+    public_url = os.environ.setdefault("CHITTY_PUBLIC_URL", f"http://127.0.0.1:{port}")
     print(f"Database:     {url}")
     print(client_config(f"http://127.0.0.1:{port}/mcp", token), flush=True)
+    print(sign_in_hint(url, public_url), flush=True)
     os.environ.update(CHITTY_DATABASE_URL=url, CHITTY_ENCRYPTION_KEY=encryption_key())
-    # The server's public URL (sign-in's issuer) is its own address, unless one is given.
-    os.environ.setdefault("CHITTY_PUBLIC_URL", f"http://127.0.0.1:{port}")
     server = serve.create("127.0.0.1", port)
     _reap_jobs(url)
     _stop_on_signals()

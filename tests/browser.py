@@ -32,9 +32,10 @@ def screenshot_path(name: str) -> Path:
     return SCREENSHOTS / f"{name}.png"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """A headless Chromium (playwright's sync Browser), shared by the session."""
+    """A headless Chromium (playwright's sync Browser), shared by a module: playwright's sync API holds an
+    event loop on the main thread while it runs, which later modules' asyncio.run() must not find."""
     executable = chromium_path()
     if executable is None:
         why = "no Chromium on PATH (apt-get install chromium, or set CHITTY_TEST_CHROMIUM): the page tests did not run"

@@ -275,6 +275,11 @@ def _page(
     """The sign-in and consent page; `signed_in` (user, provider, ticket): the user is known, only consent is asked."""
     host = urlsplit(request["redirect_uri"]).hostname or request["redirect_uri"]
     admin = "mcp:admin" in request["scope"].split()
+    notes = ""
+    if client["client_id"].startswith("https://"):
+        notes += f"<p>It is published at <b>{html.escape(urlsplit(client['client_id']).hostname or '')}</b>.</p>"
+    if host in ("127.0.0.1", "::1", "localhost"):
+        notes += "<p>It runs on this computer: allow it only if you started it yourself.</p>"
     if signed_in is None:
         fields = {name: value for name, value in request.items() if name != "resource" or value}
         sign_in = (
@@ -301,7 +306,7 @@ def _page(
         f"<title>Sign in to ChittyOS ChatGPT</title><style>{STYLE}</style>"
         f"<h1>{html.escape(client['client_name'])}</h1>"
         f"<p>wants to use ChittyOS ChatGPT as you{' with your admin rights' if admin else ''}, and will send you back "
-        f"to <b>{html.escape(host)}</b>.</p>"
+        f"to <b>{html.escape(host)}</b>.</p>{notes}"
         + (f"<p class=error role=alert>{html.escape(error)}</p>" if error else "")
         + f'<form method=post action="{html.escape(issuer)}/authorize">{hidden}{sign_in}{buttons}'
         "<button name=decision value=deny formnovalidate>Deny</button></form></html>"
