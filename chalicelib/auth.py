@@ -19,6 +19,9 @@ class Principal:
     user_id: str
     role: str
     token_id: uuid.UUID
+    # An admin signed in through an app that was not granted the admin scope (mcp:admin): acts as a user, and
+    # an admin action asks the app to sign in again with it.
+    admin_scope_missing: bool = False
 
     @property
     def is_admin(self) -> bool:
@@ -70,4 +73,9 @@ def authenticate(
     row = db.one("authenticate_token", token_hash=hash_token(token))
     if row is None or row["resource"] not in (None, resource):
         return None  # an OAuth token works only at the resource it was granted for (RFC 8707)
-    return Principal(user_id=row["user_id"], role=row["role"], token_id=row["token_id"])
+    return Principal(
+        user_id=row["user_id"],
+        role=row["role"],
+        token_id=row["token_id"],
+        admin_scope_missing=bool(row["admin_scope_missing"]),
+    )

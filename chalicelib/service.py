@@ -17,7 +17,7 @@ from chalicelib.logs import logger, request_line
 from chalicelib.mcp import HttpRequest, HttpResponse, JsonRpcError, McpServer, ServerInfo
 from chalicelib.mcp.errors import UNAVAILABLE
 from chalicelib.migrate import apply, expected_schema
-from chalicelib.oauth.metadata import challenge
+from chalicelib.oauth.metadata import challenge, scope_challenge
 
 if TYPE_CHECKING:
     from chalicelib.oauth.pages import OidcSignIn
@@ -78,6 +78,7 @@ def mcp_server() -> McpServer:
         allowed_origins=settings.allowed_origins,
         logger=logger,
         challenge=lambda token_presented: challenge(settings.public_url, invalid_token=token_presented),
+        scope_challenge=lambda scope, description: scope_challenge(settings.public_url, scope, description),
     )
 
 

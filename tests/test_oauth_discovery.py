@@ -119,8 +119,33 @@ def test_an_admins_token_without_the_admin_scope_acts_as_a_user(signed_server, a
     }
     plain = oauth_token(database_url, admin.user_id, "mcp", f"{PUBLIC}/mcp")
     full = oauth_token(database_url, admin.user_id, "mcp mcp:admin", f"{PUBLIC}/mcp")
-    assert post(signed_server.mcp_url, body, token=plain).json()["result"]["isError"] is True
+    refused = post(signed_server.mcp_url, body, token=plain)
+    assert refused.status_code == 403
+    challenge = refused.headers["www-authenticate"]
+    assert challenge.startswith('Bearer error="insufficient_scope", scope="mcp mcp:admin"')
+    assert f'resource_metadata="{PUBLIC}/.well-known/oauth-protected-resource/mcp"' in challenge
+    assert "admin rights" in refused.json()["error"]["message"]
+    own = {**body, "params": {"name": "chitty_usage_limits_get", "arguments": {}}}
+    assert post(signed_server.mcp_url, own, token=plain).json()["result"]["structuredContent"]["user_id"] == (
+        admin.user_id
+    )
     assert post(signed_server.mcp_url, body, token=full).json()["result"]["isError"] is False
+
+
+def test_a_user_without_admin_rights_is_refused_not_asked_for_the_admin_scope(
+    signed_server, admin, alice, database_url
+):
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "chitty_usage_limits_get", "arguments": {"user_id": admin.user_id}},
+    }
+    token = oauth_token(database_url, alice.user_id, "mcp mcp:admin", f"{PUBLIC}/mcp")
+    answer = post(signed_server.mcp_url, body, token=token)
+    assert answer.status_code == 200
+    assert answer.json()["result"]["isError"] is True
+    assert "Only admins" in answer.json()["result"]["content"][0]["text"]
 
 
 def test_a_registered_client_exchanges_a_code_refreshes_and_revokes(signed_server, alice, database_url):

@@ -1,6 +1,14 @@
 """The Model Context Protocol over Streamable HTTP, stateless. Imports nothing from the rest of the app."""
 
-from chalicelib.mcp.errors import Forbidden, InvalidArguments, JsonRpcError, NotFound, ToolError, Unavailable
+from chalicelib.mcp.errors import (
+    Forbidden,
+    InsufficientScope,
+    InvalidArguments,
+    JsonRpcError,
+    NotFound,
+    ToolError,
+    Unavailable,
+)
 from chalicelib.mcp.http import HttpRequest, HttpResponse
 from chalicelib.mcp.registry import PromptFamily, Registry, ResourceFamily, Tool, ToolCall, ToolResult
 from chalicelib.mcp.server import SUPPORTED_VERSIONS, McpServer, ServerInfo
@@ -10,6 +18,7 @@ __all__ = [
     "Forbidden",
     "HttpRequest",
     "HttpResponse",
+    "InsufficientScope",
     "InvalidArguments",
     "JsonRpcError",
     "McpServer",

@@ -70,5 +70,14 @@ class Unavailable(ToolError):
     """A dependency (database, upstream) cannot answer right now; the call changed nothing."""
 
 
+class InsufficientScope(Exception):
+    """The token lacks a scope the call needs (its user has the right): answered 403 with a challenge naming the
+    scopes, so the client can ask the user for them (step-up authorization)."""
+
+    def __init__(self, message: str, scope: str) -> None:
+        super().__init__(message)
+        self.message, self.scope = message, scope
+
+
 class Unauthenticated(Exception):
     """The bearer token turned out to be unknown, expired or revoked (found by a tool that checks it itself)."""

@@ -26,6 +26,7 @@ from chalicelib.mcp.errors import (
     RESOURCE_NOT_FOUND,
     UNAUTHORIZED,
     UNSUPPORTED_PROTOCOL_VERSION,
+    InsufficientScope,
     InvalidArguments,
     JsonRpcError,
     ToolError,
@@ -176,6 +177,14 @@ def _plain_challenge(token_presented: bool) -> str:
     return 'Bearer error="invalid_token"' if token_presented else "Bearer"
 
 
+# The WWW-Authenticate value of a 403 for a missing scope: the scopes the call needs, and why.
+ScopeChallenge = Callable[[str, str], str]
+
+
+def _plain_scope_challenge(scope: str, description: str) -> str:
+    return f'Bearer error="insufficient_scope", scope="{scope}"'
+
+
 def _unauthorized(token_presented: bool, challenge: Challenge = _plain_challenge) -> JsonRpcError:
     message = (
         "Unauthorized: the bearer token is unknown, expired or revoked"
@@ -203,8 +212,10 @@ class McpServer:
         allowed_origins: tuple[str, ...],
         logger: ExceptionLogger,
         challenge: Challenge = _plain_challenge,
+        scope_challenge: ScopeChallenge = _plain_scope_challenge,
     ) -> None:
         self.challenge = challenge
+        self.scope_challenge = scope_challenge
         self.registry = registry
         self.authenticate = authenticate
         self.info = info
@@ -632,6 +643,13 @@ class McpServer:
             answer = tool.handler(call)
         except Unauthenticated:
             raise _unauthorized(True, self.challenge) from None
+        except InsufficientScope as error:
+            raise JsonRpcError(
+                FORBIDDEN,
+                error.message,
+                http_status=403,
+                headers={"WWW-Authenticate": self.scope_challenge(error.scope, error.message)},
+            ) from None
         except ToolError as error:
             log["is_error"] = True
             log.update(call.log_fields)

@@ -61,3 +61,13 @@ def challenge(public_url: str | None, *, invalid_token: bool) -> str:
     if public_url is not None:
         parts += [f'resource_metadata="{resource_metadata_url(public_url)}"', f'scope="{DEFAULT_SCOPE}"']
     return "Bearer " + ", ".join(parts) if parts else "Bearer"
+
+
+def scope_challenge(public_url: str | None, scope: str, description: str) -> str:
+    """The WWW-Authenticate value of a 403 for a token without a scope the call needs (step-up authorization):
+    every scope the call needs, so the client asks the user for all of them at once."""
+    parts = ['error="insufficient_scope"', f'scope="{scope}"']
+    if public_url is not None:
+        parts.append(f'resource_metadata="{resource_metadata_url(public_url)}"')
+    parts.append('error_description="{}"'.format(description.replace("\\", "").replace('"', "'")))
+    return "Bearer " + ", ".join(parts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib.auth import Principal
-from chalicelib.mcp.errors import Forbidden
+from chalicelib.mcp.errors import Forbidden, InsufficientScope
 from chalicelib.mcp.registry import ToolCall
 
 USER_ID_SCHEMA: dict[str, Any] = {
@@ -21,6 +21,15 @@ def principal(call: ToolCall) -> Principal:
     return call.principal
 
 
+def require_admin_scope(caller: Principal) -> None:
+    """An admin whose app was not granted the admin scope is asked to grant it (403, step-up), not refused."""
+    if caller.admin_scope_missing:
+        raise InsufficientScope(
+            "This needs your admin rights, which this app was not granted: sign in again and allow them.",
+            "mcp mcp:admin",
+        )
+
+
 def acting_user(call: ToolCall) -> str:
     """The user the call acts for: `user_id` if given and allowed, else the caller."""
     caller = principal(call)
@@ -28,6 +37,7 @@ def acting_user(call: ToolCall) -> str:
     if requested is None or requested == caller.user_id:
         return caller.user_id
     if not caller.is_admin:
+        require_admin_scope(caller)
         raise Forbidden("Only admins may act for another user; leave user_id out to act for yourself.")
     return str(requested)
 

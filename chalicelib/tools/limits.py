@@ -15,7 +15,7 @@ from typing import Any
 from chalicelib.config import DEFAULT_QUOTAS, LIMIT_KINDS, MAX_METADATA_BYTES, get_settings
 from chalicelib.db import Database
 from chalicelib.mcp import Forbidden, InvalidArguments, NotFound, Registry, Tool, ToolCall, ToolError
-from chalicelib.tools.access import USER_ID_SCHEMA, acting_user, principal
+from chalicelib.tools.access import USER_ID_SCHEMA, acting_user, principal, require_admin_scope
 from chalicelib.tools.records import jsonable
 
 KINDS = LIMIT_KINDS
@@ -103,7 +103,9 @@ def register(registry: Registry, db: Database) -> None:
         return status(acting_user(call))
 
     def set_limits(call: ToolCall) -> dict[str, Any]:
-        if not principal(call).is_admin:
+        caller = principal(call)
+        if not caller.is_admin:
+            require_admin_scope(caller)
             raise Forbidden("Only admins may set limits.")
         user_id = call.arguments["user_id"]
         changes = {kind: call.arguments[kind] for kind in KINDS if kind in call.arguments}

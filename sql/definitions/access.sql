@@ -3,13 +3,15 @@
 
 -- One round trip per request: find the live token, refresh last_used_at at most once a minute.
 CREATE OR REPLACE FUNCTION authenticate_token(p_token_hash text)
-RETURNS TABLE (user_id text, role text, token_id uuid, scope text, resource text)
+RETURNS TABLE (user_id text, role text, token_id uuid, scope text, resource text, admin_scope_missing boolean)
 LANGUAGE sql AS $$
     WITH live AS (
         -- An OAuth token acts with its user's role only if the admin scope was granted; a personal token has it.
         SELECT t.id, t.user_id,
                CASE WHEN t.scope IS NULL OR 'mcp:admin' = ANY (string_to_array(t.scope, ' ')) THEN u.role
                     ELSE 'user' END AS role,
+               u.role = 'admin' AND t.scope IS NOT NULL
+                   AND NOT 'mcp:admin' = ANY (string_to_array(t.scope, ' ')) AS admin_scope_missing,
                t.last_used_at, t.scope, t.resource
         FROM access_tokens t
         JOIN users u ON u.id = t.user_id
@@ -22,9 +24,9 @@ LANGUAGE sql AS $$
         WHERE t.id = live.id
           AND (live.last_used_at IS NULL OR live.last_used_at < now() - interval '1 minute')
     )
-    SELECT live.user_id, live.role, live.id, live.scope, live.resource FROM live
+    SELECT live.user_id, live.role, live.id, live.scope, live.resource, live.admin_scope_missing FROM live
 $$;
 
 COMMENT ON FUNCTION authenticate_token(text) IS
     'The user behind a live (not revoked, not expired) token hash, or no row; for an OAuth token also its scope '
-    'and the resource it is bound to.';
+    'and the resource it is bound to, and whether it is an admin''s without the admin scope.';

@@ -1,5 +1,5 @@
 -- name: authenticate_token
-SELECT user_id, role, token_id, resource FROM authenticate_token(:token_hash);
+SELECT user_id, role, token_id, resource, admin_scope_missing FROM authenticate_token(:token_hash);
 
 -- name: add_user
 INSERT INTO users (id, display_name, role)
