@@ -196,3 +196,127 @@ def test_an_expired_invite_says_so(signed_server, database_url):
     page = httpx2.get(signed_server.base_url + "/invite", params={"token": token})
     assert page.status_code == 410
     assert "has expired" in page.text
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    [
+        "http://evil.example\\@127.0.0.1:1/callback",  # a browser reads the backslash as a path: evil.example
+        "http://evil.example%5C@127.0.0.1/callback",
+        "http://127.0.0.1:%0D%0ASet-Cookie:x/callback",
+        "http://127.0.0.1:1/callback#fragment",
+        "http://user@127.0.0.1:1/callback",
+        "http://127.0.0.1.evil.example/callback",
+    ],
+)
+def test_a_redirect_a_browser_would_read_otherwise_is_shown_never_followed(signed_server, redirect_uri):
+    loopback = httpx2.post(
+        signed_server.base_url + "/register",
+        json={"client_name": "Legit Desktop App", "redirect_uris": ["http://127.0.0.1/callback"]},
+    ).json()["client_id"]
+    page = httpx2.get(signed_server.base_url + "/authorize", params=request(loopback, redirect_uri=redirect_uri))
+    assert page.status_code == 400
+    assert "location" not in page.headers
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    ["https://evil.example\\@vscode.dev/redirect", "https://user:pass@vscode.dev/redirect", "https://a b.example/"],
+)
+def test_registration_refuses_a_redirect_uri_a_browser_would_read_otherwise(signed_server, redirect_uri):
+    answer = httpx2.post(
+        signed_server.base_url + "/register",
+        json={"client_name": "Visual Studio Code", "redirect_uris": [redirect_uri]},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_redirect_uri"
+
+
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [
+        ("/register", '{"client_name": "a\\u0000b", "redirect_uris": ["https://ok.example/cb"]}'),
+        ("/register", '{"client_name": "\\ud800", "redirect_uris": ["https://ok.example/cb"]}'),
+        ("/register", '{"grant_types": [{}], "redirect_uris": ["https://ok.example/cb"]}'),
+        ("/register", "[" * 100_000),
+        ("/token", "grant_type=authorization_code&client_id=a%00b&code=x&redirect_uri=y&code_verifier=" + "v" * 43),
+        ("/revoke", "token=x&client_id=a%00b"),
+        ("/authorize", "client_id=a%00b&login=x%00&password=y&decision=allow"),
+    ],
+)
+def test_malformed_input_is_a_clear_400_and_changes_nothing(signed_server, path, data):
+    content_type = "application/json" if path == "/register" else "application/x-www-form-urlencoded"
+    answer = httpx2.post(signed_server.base_url + path, content=data.encode(), headers={"Content-Type": content_type})
+    assert answer.status_code == 400, answer.text
+
+
+def test_a_client_id_holding_nul_is_a_page_not_a_crash(signed_server):
+    page = httpx2.get(signed_server.base_url + "/authorize", params=request("a\x00b"))
+    assert page.status_code == 400
+
+
+def test_a_post_that_neither_allows_nor_denies_signs_nobody_in(signed_server, client_id, person):
+    answer = httpx2.post(
+        signed_server.base_url + "/authorize",
+        data={**request(client_id), "login": person, "password": PASSWORD},
+        headers={"Sec-Fetch-Site": "same-origin"},
+    )
+    assert answer.status_code == 400
+    assert "Choose Allow or Deny" in answer.text
+
+
+def test_parallel_guesses_cannot_pass_the_failure_limit(database_url, person):
+    """Five failures lock a login, however many guesses arrive at once: each is counted before it is checked."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from chalicelib.db import SQL_DIR, Database, load_queries
+    from chalicelib.oauth.pages import MAX_FAILURES_PER_LOGIN, _sign_in
+
+    def guess(_: int) -> bool | str:
+        db = Database(url=database_url, queries=load_queries(SQL_DIR / "queries"))
+        try:
+            return _sign_in(db, person, "wrong guess", "203.0.113.7")
+        finally:
+            db.discard()
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(guess, range(24)))
+    with connection(database_url) as conn:
+        counted = conn.run("SELECT count(*) FROM login_attempts WHERE login = :u", u=person)
+    assert counted == [[MAX_FAILURES_PER_LOGIN]]
+    assert answers.count("Wrong user or password.") == MAX_FAILURES_PER_LOGIN
+    assert _sign_in_locked(database_url, person)
+
+
+def _sign_in_locked(database_url: str, person: str) -> bool:
+    from chalicelib.db import SQL_DIR, Database, load_queries
+    from chalicelib.oauth.pages import _sign_in
+
+    db = Database(url=database_url, queries=load_queries(SQL_DIR / "queries"))
+    try:
+        return str(_sign_in(db, person, PASSWORD, "203.0.113.8")).startswith("Too many")
+    finally:
+        db.discard()
+
+
+def test_setting_a_password_spends_the_users_other_links(signed_server, database_url):
+    from chalicelib.oauth.protocol import digest
+
+    user_id = f"twice-{uuid.uuid4().hex[:8]}"
+    older, newer = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    with connection(database_url) as conn:
+        conn.run("INSERT INTO users (id, display_name) VALUES (:u, :u)", u=user_id)
+        for token in (older, newer):
+            conn.run(
+                "INSERT INTO user_invites (token_hash, user_id, expires_at) VALUES (:h, :u, now() + interval '1 day')",
+                h=digest(token),
+                u=user_id,
+            )
+    done = httpx2.post(
+        signed_server.base_url + "/invite", params={"token": newer}, data={"password": PASSWORD, "confirm": PASSWORD}
+    )
+    assert done.status_code == 200
+    stale = httpx2.post(
+        signed_server.base_url + "/invite", params={"token": older}, data={"password": "x" * 20, "confirm": "x" * 20}
+    )
+    assert stale.status_code == 410

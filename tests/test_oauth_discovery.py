@@ -188,8 +188,10 @@ def test_a_registered_client_exchanges_a_code_refreshes_and_revokes(signed_serve
         conn.run(
             "UPDATE oauth_codes SET used_at = NULL WHERE code_hash = :h", h=hashlib.sha256(code.encode()).hexdigest()
         )
-    issued = httpx2.post(signed_server.base_url + "/token", data={**exchange, "code_verifier": verifier})
-    assert issued.status_code == 200
+    # The resource as a client may write it, with a trailing slash: the same resource.
+    slashed = {**exchange, "resource": f"{PUBLIC}/mcp/", "code_verifier": verifier}
+    issued = httpx2.post(signed_server.base_url + "/token", data=slashed)
+    assert issued.status_code == 200, issued.text
     assert issued.headers["cache-control"] == "no-store"
     tokens = issued.json()
     listed = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}

@@ -171,3 +171,15 @@ def test_the_daily_purge_removes_what_nothing_can_use_and_keeps_what_is_live(con
     assert conn.run("SELECT count(*) FROM oauth_clients WHERE client_id = :c", c=stale_client) == [[0]]
     assert conn.run("SELECT count(*) FROM oauth_clients WHERE client_id = :c", c=CLIENT) == [[1]]
     assert conn.run("SELECT count(*) FROM login_attempts WHERE login = :u", u=user) == [[1]]
+
+
+def test_a_token_stops_with_its_grant_even_if_it_was_not_revoked_itself(conn, user):
+    """A refresh that committed a new token while the grant was being revoked leaves a token of a dead grant."""
+    _, access, _ = redeem(conn, new_code(conn, user))
+    conn.run(
+        "UPDATE oauth_grants SET revoked_at = now() WHERE id = (SELECT grant_id FROM access_tokens WHERE "
+        "token_hash = :h)",
+        h=digest(access),
+    )
+    assert conn.run("SELECT revoked_at FROM access_tokens WHERE token_hash = :h", h=digest(access)) == [[None]]
+    assert live(conn, access) == []

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from chalicelib.oauth.protocol import _redirect_uri_ok
+from chalicelib.oauth.protocol import redirect_uri_ok
 
 if TYPE_CHECKING:
     from chalicelib.config import Settings
@@ -218,7 +218,7 @@ def _not_fetched(reason: str) -> MetadataDocumentError:
 def _web_redirect_uri(uri: Any) -> bool:
     """A redirect URI as registration allows it, but no app's own scheme: a document is on the web."""
     try:
-        return _redirect_uri_ok(uri) and urlsplit(uri).scheme in ("https", "http")
+        return redirect_uri_ok(uri) and urlsplit(uri).scheme in ("https", "http")
     except ValueError:  # urlsplit refuses a malformed IPv6 host
         return False
 
@@ -240,7 +240,9 @@ def _routable(address: IPAddress, allow_loopback: bool) -> bool:
         address = inner or address
     if allow_loopback and address.is_loopback:
         return True
-    return address.is_global and not address.is_multicast and not address.is_reserved
+    # fec0::/10 (site-local, deprecated) is "global" to Python 3.11, and private in practice.
+    site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
+    return address.is_global and not address.is_multicast and not address.is_reserved and not site_local
 
 
 def _resolve(host: str, port: int, deadline: float) -> list[IPAddress]:

@@ -76,6 +76,13 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
     for needed in ("authorization_endpoint", "token_endpoint"):
         if not isinstance(document.get(needed), str):
             raise SignInFailed(f"The sign-in provider at {issuer} has no {needed}.")
+    # The ID token's signature is not checked, so what carries it and the secret must be TLS (only a provider on
+    # this machine may speak plain HTTP).
+    plain_allowed = urlsplit(issuer).hostname in ("127.0.0.1", "::1", "localhost")
+    for name in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint"):
+        endpoint = document.get(name)
+        if isinstance(endpoint, str) and urlsplit(endpoint).scheme != "https" and not plain_allowed:
+            raise SignInFailed(f"The sign-in provider at {issuer} gives an {name} that is not https.")
     with _metadata_lock:
         _metadata[issuer] = (time.monotonic() + METADATA_TTL_S, document)
     return document
@@ -112,7 +119,9 @@ def finish(
     if spent is None:
         raise SignInFailed("This sign-in has expired or was used already: start again from your application.", 400)
     request: dict[str, str] = spent["request"]
-    if "iss" in query and query["iss"] != provider.issuer:  # RFC 9207: the answer is from our provider
+    iss_required = provider_metadata(provider.issuer).get("authorization_response_iss_parameter_supported") is True
+    iss = query.get("iss")
+    if (iss is None and iss_required) or (iss is not None and iss != provider.issuer):  # RFC 9207: our provider
         raise SignInFailed("The answer did not come from the configured sign-in provider.", 400)
     if query.get("error"):
         return request, None
@@ -145,8 +154,10 @@ def _claim(provider: OidcProvider, claims: dict[str, Any]) -> str | None:
     value = claims.get(provider.claim)
     if not isinstance(value, str) or not value:
         return None
-    if provider.claim == "email" and claims.get("email_verified") is not True:
-        return None  # an address the provider has not verified names nobody
+    if provider.claim == "email":
+        if claims.get("email_verified") is not True:
+            return None  # an address the provider has not verified names nobody
+        return value.lower()  # one address, however it is written
     return value
 
 

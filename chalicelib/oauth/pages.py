@@ -18,7 +18,7 @@ from chalicelib.config import OidcProvider, Settings
 from chalicelib.db import Database
 from chalicelib.oauth import passwords
 from chalicelib.oauth.metadata import DEFAULT_SCOPE, SCOPES
-from chalicelib.oauth.protocol import OAuthError, digest, form
+from chalicelib.oauth.protocol import OAuthError, digest, form, redirect_allowed
 
 CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 # Failed sign-ins in 15 minutes after which a login (or an address) must wait.
@@ -60,23 +60,6 @@ def _message(title: str, text: str, status: int) -> Page:
         f"<style>{STYLE}</style><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></html>"
     )
     return Page(status, body)
-
-
-def redirect_allowed(requested: str, registered: list[str]) -> bool:
-    """Exact match, or a loopback http URI that differs only in its port (RFC 8252 7.3)."""
-    if requested in registered:
-        return True
-    try:
-        asked = urlsplit(requested)
-    except ValueError:  # not a URL at all
-        return False
-    if asked.scheme != "http" or asked.hostname not in ("127.0.0.1", "::1"):
-        return False
-    for uri in registered:
-        known = urlsplit(uri)
-        if (known.scheme, known.hostname, known.path, known.query) == ("http", asked.hostname, asked.path, asked.query):
-            return True
-    return False
 
 
 def _validated(
@@ -172,6 +155,8 @@ def authorize(
             return _redirect(request["redirect_uri"], {"error": "access_denied", **state}, issuer)
         if answers["decision"] == "oidc" and oidc is not None:
             return _to_provider(db, oidc, request, issuer)
+        if answers["decision"] != "allow":
+            return _page(client, request, issuer, error="Choose Allow or Deny.", status=400, oidc=oidc)
         signed_in = _sign_in(db, answers["login"], answers["password"], source_ip)
         if signed_in is True:
             return _issue_code(db, answers["login"], request, issuer)
@@ -248,13 +233,20 @@ def _consented(db: Database, ticket: str, decision: str, issuer: str) -> Page:
 
 def _sign_in(db: Database, login: str, password: str, source_ip: str | None) -> bool | str:
     """True, or why not (shown on the page)."""
-    state = db.one("sign_in_state", login=login, source_ip=source_ip)
-    assert state is not None
-    if state["login_failures"] >= MAX_FAILURES_PER_LOGIN or state["address_failures"] >= MAX_FAILURES_PER_ADDRESS:
+    attempt = db.one(
+        "begin_sign_in",
+        login=login[:200],
+        source_ip=source_ip,
+        per_login=MAX_FAILURES_PER_LOGIN,
+        per_address=MAX_FAILURES_PER_ADDRESS,
+    )
+    assert attempt is not None
+    if attempt["refused"]:
         return "Too many failed sign-ins: wait 15 minutes and try again."
-    succeeded = bool(login) and passwords.verify(state["password_hash"], password)
-    db.one("record_login_attempt", login=login[:200], source_ip=source_ip, succeeded=succeeded)
-    return True if succeeded else "Wrong user or password."
+    if not (login and passwords.verify(attempt["password_hash"], password)):
+        return "Wrong user or password."
+    db.one("sign_in_succeeded", attempt_id=attempt["attempt_id"])
+    return True
 
 
 def _origin(url: str) -> str:

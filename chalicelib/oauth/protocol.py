@@ -22,6 +22,11 @@ ACCESS_TTL_S = 3600
 REFRESH_TTL_S = 30 * 86400
 VERIFIER = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# What a redirect URI may hold: RFC 3986's characters, without a fragment. A backslash, a space or a control
+# character is read one way by Python and another by browsers (`http://evil.example\@127.0.0.1/` goes to evil).
+URI_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+")
+# A loopback IP literal redirect: its address and its path and query, the port left out (RFC 8252 7.3).
+LOOPBACK_REDIRECT = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?([/?][^#]*)?")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -60,6 +65,8 @@ def form(body: bytes) -> dict[str, str]:
         raise OAuthError("invalid_request", "the form is not UTF-8") from None
     found: dict[str, str] = {}
     for name, value in pairs:
+        if "\x00" in name or "\x00" in value:
+            raise OAuthError("invalid_request", "a parameter holds U+0000 (NUL)")
         if name in found:
             raise OAuthError("invalid_request", f"{name} is sent twice")
         if value:
@@ -75,12 +82,15 @@ def register(db: Database, body: bytes) -> Answer:
     """RFC 7591 registration of a public client: its redirect URIs (https, loopback http, or an app's own scheme)."""
     try:
         metadata = json.loads(body or b"{}")
-        if not isinstance(metadata, dict):
+        if not isinstance(metadata, dict) or not _storable(metadata):
             raise ValueError
-    except ValueError:
-        return _answer(400, {"error": "invalid_client_metadata", "error_description": "send a JSON object"})
+    except (ValueError, RecursionError):
+        return _answer(
+            400,
+            {"error": "invalid_client_metadata", "error_description": "send a JSON object of text PostgreSQL can hold"},
+        )
     uris = metadata.get("redirect_uris")
-    if not (isinstance(uris, list) and 1 <= len(uris) <= 10 and all(_redirect_uri_ok(uri) for uri in uris)):
+    if not (isinstance(uris, list) and 1 <= len(uris) <= 10 and all(redirect_uri_ok(uri) for uri in uris)):
         return _answer(
             400,
             {
@@ -89,9 +99,11 @@ def register(db: Database, body: bytes) -> Answer:
             },
         )
     grants = metadata.get("grant_types") or ["authorization_code", "refresh_token"]
-    if not (isinstance(grants, list) and set(grants) <= {"authorization_code", "refresh_token"}) or (
-        metadata.get("response_types") or ["code"]
-    ) != ["code"]:
+    if not (
+        isinstance(grants, list)
+        and all(isinstance(grant, str) for grant in grants)
+        and set(grants) <= {"authorization_code", "refresh_token"}
+    ) or (metadata.get("response_types") or ["code"]) != ["code"]:
         return _answer(
             400,
             {
@@ -116,16 +128,43 @@ def register(db: Database, body: bytes) -> Answer:
     )
 
 
-def _redirect_uri_ok(uri: Any) -> bool:
-    if not isinstance(uri, str) or len(uri) > 2000:
+def _storable(value: Any, depth: int = 0) -> bool:
+    """Whether a JSON value nests at most 8 levels and its text holds no NUL and no lone surrogate."""
+    if depth > 8:
+        return False
+    if isinstance(value, str):
+        return "\x00" not in value and not any("\ud800" <= char <= "\udfff" for char in value)
+    if isinstance(value, dict):
+        return all(_storable(key, depth) and _storable(item, depth + 1) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_storable(item, depth + 1) for item in value)
+    return True
+
+
+def redirect_allowed(requested: str, registered: list[str]) -> bool:
+    """Exact match, or a loopback IP literal http URI that differs only in its port (RFC 8252 7.3). Strings
+    are compared, never parsed parts: a browser may parse the URI otherwise."""
+    if requested in registered:
+        return True
+    asked = LOOPBACK_REDIRECT.fullmatch(requested)
+    if asked is None or not URI_CHARACTERS.fullmatch(requested):
+        return False
+    return any(
+        (known := LOOPBACK_REDIRECT.fullmatch(uri)) is not None and known.group(1, 2) == asked.group(1, 2)
+        for uri in registered
+    )
+
+
+def redirect_uri_ok(uri: Any) -> bool:
+    if not isinstance(uri, str) or len(uri) > 2000 or not URI_CHARACTERS.fullmatch(uri):
         return False
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 (a port that is not a number raises here)
     except ValueError:
         return False
-    if parts.fragment:
-        return False
+    if parts.username is not None or parts.password is not None:
+        return False  # user info: shown as a host it is not
     if parts.scheme == "https":
         return bool(parts.hostname)
     if parts.scheme == "http":
@@ -157,7 +196,7 @@ def token(db: Database, body: bytes, resource: str) -> Answer:
                 client_id=client_id,
                 redirect_uri=params["redirect_uri"],
                 code_challenge=s256(params["code_verifier"]),
-                resource=params.get("resource"),
+                resource=resource if params.get("resource") else None,
                 access_hash=digest(access),
                 refresh_hash=digest(refresh),
                 **lifetimes,
@@ -169,7 +208,7 @@ def token(db: Database, body: bytes, resource: str) -> Answer:
                 "refresh_grant",
                 refresh_hash=digest(params["refresh_token"]),
                 client_id=client_id,
-                resource=params.get("resource"),
+                resource=resource if params.get("resource") else None,
                 access_hash=digest(access),
                 new_refresh_hash=digest(refresh),
                 **lifetimes,

@@ -15,8 +15,11 @@ LANGUAGE sql AS $$
                t.last_used_at, t.scope, t.resource
         FROM access_tokens t
         JOIN users u ON u.id = t.user_id
+        -- The grant too: a token a refresh committed while its grant was being revoked stops with the grant.
+        LEFT JOIN oauth_grants g ON g.id = t.grant_id
         WHERE t.token_hash = p_token_hash
           AND t.revoked_at IS NULL
+          AND g.revoked_at IS NULL
           AND (t.expires_at IS NULL OR t.expires_at > now())
     ), touched AS (
         UPDATE access_tokens t SET last_used_at = now()

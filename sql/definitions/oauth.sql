@@ -132,3 +132,28 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION oidc_identify IS 'Map an external OpenID account to a user: by its link, by the chosen claim, or by sign-up.';
+
+-- A sign-in's first step, one at a time per login: refused after too many failures in 15 minutes (of the login
+-- or of the address), else the attempt is counted as a failure until the password proves right
+-- (login_attempts.succeeded is then set), and the password hash (NULL: no such user, or none set) is returned.
+-- Counting before the check closes the race in which parallel guesses all see the same low count.
+CREATE OR REPLACE FUNCTION begin_sign_in(
+    p_login text, p_source_ip inet, p_per_login integer, p_per_address integer,
+    OUT attempt_id bigint, OUT password_hash text, OUT refused boolean
+) LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('sign-in:' || p_login, 0));
+    refused := (SELECT count(*) FROM login_attempts a
+                WHERE a.login = p_login AND NOT a.succeeded AND a.at > now() - interval '15 minutes') >= p_per_login
+            OR (SELECT count(*) FROM login_attempts a
+                WHERE a.source_ip = p_source_ip AND NOT a.succeeded
+                  AND a.at > now() - interval '15 minutes') >= p_per_address;
+    IF refused THEN
+        RETURN;
+    END IF;
+    INSERT INTO login_attempts (login, source_ip, succeeded) VALUES (p_login, p_source_ip, false)
+    RETURNING id INTO attempt_id;
+    SELECT p.password_hash INTO password_hash FROM user_passwords p WHERE p.user_id = p_login;
+END;
+$$;
+COMMENT ON FUNCTION begin_sign_in IS 'Count a sign-in attempt (as failed until proven) under the failure limits; the hash to check.';

@@ -19,19 +19,12 @@ SELECT oauth_revoke(:token_hash, :client_id) AS revoked;
 -- name: oauth_client
 SELECT client_id, kind, client_name, redirect_uris FROM oauth_clients WHERE client_id = :client_id;
 
--- name: sign_in_state
--- What a sign-in needs: the user's password hash (NULL: no such user, or none set), and their failures of the
--- last 15 minutes, and those of the address.
-SELECT (SELECT p.password_hash FROM user_passwords p WHERE p.user_id = :login) AS password_hash,
-       (SELECT count(*) FROM login_attempts a
-        WHERE a.login = :login AND NOT a.succeeded AND a.at > now() - interval '15 minutes') AS login_failures,
-       (SELECT count(*) FROM login_attempts a
-        WHERE a.source_ip = CAST(:source_ip AS inet) AND NOT a.succeeded
-          AND a.at > now() - interval '15 minutes') AS address_failures;
+-- name: begin_sign_in
+SELECT attempt_id, password_hash, refused
+FROM begin_sign_in(:login, CAST(:source_ip AS inet), :per_login, :per_address);
 
--- name: record_login_attempt
-INSERT INTO login_attempts (login, source_ip, succeeded) VALUES (:login, CAST(:source_ip AS inet), :succeeded)
-RETURNING id;
+-- name: sign_in_succeeded
+UPDATE login_attempts SET succeeded = true WHERE id = :attempt_id RETURNING id;
 
 -- name: store_code
 INSERT INTO oauth_codes (code_hash, user_id, client_id, redirect_uri, scope, resource, code_challenge, expires_at)
@@ -52,10 +45,14 @@ RETURNING user_id, expires_at;
 
 -- name: use_invite
 -- Spend a live invite and set the password it was for, at once; NULL for an unknown, used or expired link.
+-- The user's other open links are spent with it: an older link that leaked sets no password afterwards.
 WITH spent AS (
     UPDATE user_invites SET used_at = now()
     WHERE token_hash = :token_hash AND used_at IS NULL AND expires_at > now()
     RETURNING user_id
+), others AS (
+    UPDATE user_invites SET used_at = now()
+    WHERE user_id IN (SELECT user_id FROM spent) AND used_at IS NULL AND token_hash <> :token_hash
 )
 INSERT INTO user_passwords (user_id, password_hash)
 SELECT user_id, :password_hash FROM spent
