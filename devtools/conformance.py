@@ -9,12 +9,20 @@ the protocol, so each of its scenarios runs once at the newest handshake-era ver
 A scenario runs unless the table below says why it does not apply to this server (most need a
 fixture of the reference server, the suite's "everything server"); a scenario the table does not
 know, one a newer suite adds, runs. The suite cannot send a bearer token, so devtools/auth-proxy.mjs
-sits between it and the server and adds one. Exit status: 0 when every scenario that applies
-passes, 1 when one fails, 2 when nothing could run.
+sits between it and the server and adds one.
+
+When the server offers sign-in (its protected resource metadata names an authorization server, as
+`make run`'s does), the 0.2 suite's authorization server scenarios run too: this registers a client
+whose redirect URI is the suite's callback listener, gives the user `conformance-sign-in` a fresh
+random password (in the server's database), signs in on the authorization page the suite prints,
+and hands the redirect to the suite, which then redeems the code. Exit status: 0 when every
+scenario that applies passes, 1 when one fails, 2 when nothing could run.
 
 Environment: MCP_URL (default http://127.0.0.1:$PORT/mcp, PORT 8000), MCP_BEARER_TOKEN (default:
-the dev-token that `make run` keeps in .chitty/ or $CHITTY_RUN_DIR), CONFORMANCE_PRERELEASE (the
-0.2 release to run, default below).
+the dev-token that `make run` keeps in .chitty/ or $CHITTY_RUN_DIR), CHITTY_DATABASE_URL (the
+server's database, for the sign-in user's password; default: the embedded PostgreSQL `make run`
+keeps running under .chitty/ or $CHITTY_RUN_DIR), CONFORMANCE_PRERELEASE (the 0.2 release to run,
+default below).
 
     python -m devtools.conformance [--verbose] [SCENARIO ...]
 """
@@ -24,18 +32,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
+import secrets
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from html import unescape
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+if TYPE_CHECKING:
+    from chalicelib.db import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("CHITTY_RUN_DIR") or ROOT / ".chitty")
@@ -97,6 +113,10 @@ APPLIES = (
     "sep-2164-resource-not-found",
     "input-required-result-unsupported-methods",
 )
+
+# The 0.2 suite's authorization server scenarios (`conformance authorization`): both apply to a server that offers
+# sign-in. They run as one command, since the code grant needs the metadata the first one reads.
+AUTHORIZATION = ("authorization-server-metadata-endpoint", "authorization-code-grant")
 
 # Every scenario of either suite that does not apply, and why, as read from its source.
 TABLE: tuple[NotApplicable, ...] = (
@@ -253,7 +273,7 @@ TABLE: tuple[NotApplicable, ...] = (
 )
 
 
-KNOWN = {*APPLIES, *(rule.scenario for rule in TABLE)}
+KNOWN = {*APPLIES, *AUTHORIZATION, *(rule.scenario for rule in TABLE)}
 
 
 class SetupError(Exception):
@@ -518,7 +538,7 @@ def trimmed(output: str, limit: int = 40) -> str:
 # Reporting
 
 
-def report(suite: Suite, outcomes: list[Outcome], verbose: bool) -> None:
+def report(suite: Suite, outcomes: list[Outcome], verbose: bool, subject: str = "") -> None:
     """The suite's table (a scenario that does not apply at several versions for one reason takes one row),
     then the checks that do not apply, the warnings, and the suite's own output for every failure."""
     rows: list[tuple[str, str, list[str], str]] = []
@@ -541,7 +561,7 @@ def report(suite: Suite, outcomes: list[Outcome], verbose: bool) -> None:
             last[2].append(outcome.run.wire)
         else:
             rows.append((outcome.status, outcome.run.scenario, [outcome.run.wire], note))
-    print(f"\n{PACKAGE} {suite.version}")
+    print(f"\n{PACKAGE} {suite.version}" + (f": {subject}" if subject else ""))
     name_width = max((len(row[1]) for row in rows), default=0)
     wire_width = max((len(",".join(row[2])) for row in rows), default=0)
     for status, scenario, wires_, note in rows:
@@ -551,15 +571,344 @@ def report(suite: Suite, outcomes: list[Outcome], verbose: bool) -> None:
             print(f"    {_label(outcome.run)}: not applicable: {line}")
         for line in outcome.warnings:
             print(f"    {_label(outcome.run)}: warning: {line}")
+    shown: dict[str, str] = {}  # one run of the suite may judge several scenarios (the authorization ones)
     for outcome in outcomes:
         if outcome.status == "FAILED" or (verbose and outcome.output):
             print(f"\n  --- {_label(outcome.run)} ({outcome.status}), the suite's output:")
+            if outcome.output in shown:
+                print(f"    (the same run as {shown[outcome.output]}'s above)")
+                continue
+            shown[outcome.output] = _label(outcome.run)
             text = outcome.output if verbose else trimmed(outcome.output)
             print("\n".join("    " + line for line in text.splitlines()))
 
 
 def _label(run: Run) -> str:
-    return f"{run.scenario} @{run.wire}"
+    return f"{run.scenario} @{run.wire}" if run.wire else run.scenario
+
+
+# Sign-in: the authorization server scenarios
+
+SIGN_IN_USER = "conformance-sign-in"
+# How long the suite may take to print its authorization URL once it has read the metadata, and a page to answer.
+SIGN_IN_TIMEOUT_S = 30
+
+
+class SignInFailed(Exception):
+    """The server did not let the suite's client register or sign in; the message says where it stopped."""
+
+
+@dataclass(frozen=True)
+class AuthorizationServer:
+    """Sign-in as the MCP endpoint's metadata describes it (RFC 9728, then RFC 8414)."""
+
+    issuer: str
+    resource: str
+    registration_endpoint: str | None
+
+
+def authorization_scenarios(node: Path, suite: Suite) -> list[str]:
+    """The suite's authorization server scenarios, in its order; none before 0.2, which has no such command."""
+    if not suite.chooses_wire:
+        return []
+    try:
+        listing = subprocess.run(
+            [str(node), str(suite.entry), "list", "--authorization"], check=True, stdout=subprocess.PIPE, text=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise SetupError(f"{PACKAGE} {suite.version} could not list its authorization scenarios") from None
+    return re.findall(r"^\s*-\s+(\S+)", listing, flags=re.MULTILINE)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=SIGN_IN_TIMEOUT_S) as response:  # noqa: S310 (the server's own origin)
+        answer = json.loads(response.read())
+    if not isinstance(answer, dict):
+        raise ValueError(f"{url} answered JSON that is not an object")
+    return answer
+
+
+def discover(server: Server) -> AuthorizationServer | str:
+    """The authorization server the MCP endpoint names, or why there is none here to test."""
+    origin = _origin(server.url)
+    resource_metadata = f"{origin}/.well-known/oauth-protected-resource{urlsplit(server.url).path.rstrip('/')}"
+    try:
+        resource = _get_json(resource_metadata)
+    except urllib.error.HTTPError as error:
+        return f"the server offers no sign-in ({resource_metadata} answered HTTP {error.code}: set CHITTY_PUBLIC_URL)"
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return f"the server offers no sign-in ({resource_metadata}: {error})"
+    issuers = resource.get("authorization_servers") or []
+    if not isinstance(issuers, list) or not issuers or not isinstance(issuers[0], str):
+        return f"the server offers no sign-in ({resource_metadata} names no authorization server)"
+    issuer = issuers[0]
+    if _origin(issuer) != origin:
+        return f"its authorization server {issuer} is elsewhere than the server under test ({origin})"
+    # The three places an issuer's metadata may be (RFC 8414 with the path after the well-known part, then OpenID's).
+    path = urlsplit(issuer).path.rstrip("/")
+    registration = None
+    for candidate in (
+        f"{origin}/.well-known/oauth-authorization-server{path}",
+        f"{origin}/.well-known/openid-configuration{path}",
+        f"{issuer.rstrip('/')}/.well-known/openid-configuration",
+    ):
+        try:
+            registration = _get_json(candidate).get("registration_endpoint")
+            break
+        except (urllib.error.URLError, OSError, ValueError):
+            continue  # the metadata scenario reports a server without any
+    return AuthorizationServer(
+        issuer=issuer,
+        resource=str(resource.get("resource") or server.url),
+        registration_endpoint=registration if isinstance(registration, str) else None,
+    )
+
+
+def server_database() -> str:
+    """The server's database: CHITTY_DATABASE_URL, else the embedded PostgreSQL that `make run` keeps running."""
+    url = os.environ.get("CHITTY_DATABASE_URL")
+    if url:
+        return url
+    from devtools.local import DATABASE
+
+    pid_file = STATE / "pgdata" / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+        port, socket_dir = lines[3].strip(), lines[4].strip()
+    except (OSError, IndexError):
+        raise SetupError(
+            f"no database to give {SIGN_IN_USER} a password in: set CHITTY_DATABASE_URL to the server's "
+            f"(`make run` without one keeps its own, with {pid_file})"
+        ) from None
+    return f"postgresql://postgres@/{DATABASE}?host={quote(socket_dir)}&port={port}"
+
+
+def sign_in_user(server: Server, resource: str) -> tuple[Database, str]:
+    """SIGN_IN_USER with a fresh random password, in the server's database (the one its bearer token is in): that
+    database, and the password."""
+    from pg8000.exceptions import DatabaseError
+
+    from chalicelib import auth
+    from chalicelib.db import SQL_DIR, Database, DatabaseUnavailable, DatabaseURLError, error_message, load_queries
+    from chalicelib.oauth.passwords import hash_password
+
+    url = server_database()
+    try:
+        db = Database(url=url, queries=load_queries(SQL_DIR / "queries"))
+    except DatabaseURLError as error:
+        raise SetupError(f"CHITTY_DATABASE_URL: {error}") from None
+    try:
+        if auth.authenticate(db, f"Bearer {server.token}", resource=resource) is None:
+            raise SetupError(
+                f"the bearer token is not in the database at {url}, so it is not the server's: "
+                "set CHITTY_DATABASE_URL to the server's"
+            )
+        db.one("add_user", user_id=SIGN_IN_USER, display_name="MCP conformance suite", role="user")
+        password = secrets.token_urlsafe(24)
+        db.one("set_password", user_id=SIGN_IN_USER, password_hash=hash_password(password))
+    except DatabaseUnavailable as error:
+        db.discard()
+        raise SetupError(f"the database at {url} cannot be used: {error.detail or error}") from None
+    except DatabaseError as error:  # not the server's schema
+        db.discard()
+        raise SetupError(f"the database at {url} is not the server's: {error_message(error)}") from None
+    except SetupError:
+        db.discard()
+        raise
+    return db, password
+
+
+def revoke_sign_ins(db: Database) -> None:
+    """Revoke what the suite's sign-in granted (its tokens with it): nobody uses them after the run."""
+    for grant in db.all("list_grants", user_id=SIGN_IN_USER, include_revoked=False):
+        db.one("revoke_user_grant", user_id=SIGN_IN_USER, grant_id=str(grant["id"]))
+
+
+def register_client(endpoint: str, redirect_uri: str) -> str:
+    """A public client (RFC 7591) whose one redirect URI is the suite's callback listener; its client_id."""
+    body = {
+        "client_name": "MCP conformance suite",
+        "redirect_uris": [redirect_uri],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    }
+    request = urllib.request.Request(  # noqa: S310 (the server's own origin)
+        endpoint, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=SIGN_IN_TIMEOUT_S) as response:  # noqa: S310
+            client_id = json.loads(response.read()).get("client_id")
+    except urllib.error.HTTPError as error:
+        raise SignInFailed(f"{endpoint} refused the registration: HTTP {error.code} {_text(error.read())}") from None
+    except (urllib.error.URLError, OSError, ValueError, AttributeError) as error:
+        raise SignInFailed(f"{endpoint} did not register the client: {error}") from None
+    if not isinstance(client_id, str) or not client_id:
+        raise SignInFailed(f"{endpoint} answered the registration without a client_id")
+    return client_id
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *_: object) -> None:
+        return None  # the redirect is the answer: it comes back as an HTTPError
+
+
+def approve(authorization_url: str, login: str, password: str) -> str:
+    """What a person at a browser does on the sign-in page: sign in and allow. The URL it redirects to."""
+    opener = urllib.request.build_opener(_NoRedirects)
+    try:
+        with opener.open(authorization_url, timeout=SIGN_IN_TIMEOUT_S) as response:
+            page = response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        if error.code in (302, 303) and error.headers.get("Location"):  # an error the client is told of at once
+            return urljoin(authorization_url, error.headers["Location"])
+        raise SignInFailed(f"the authorization page answered HTTP {error.code}: {_text(error.read())}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise SignInFailed(f"the authorization page did not answer: {error}") from None
+    action = re.search(r'<form[^>]*\saction="([^"]+)"', page)
+    if action is None:
+        raise SignInFailed(f"the authorization page has no sign-in form: {_text(page)}")
+    hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page))
+    fields = {unescape(name): unescape(value) for name, value in hidden.items()}
+    request = urllib.request.Request(  # noqa: S310 (the form's own action, on the server)
+        urljoin(authorization_url, unescape(action[1])),
+        data=urlencode({**fields, "login": login, "password": password, "decision": "allow"}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "same-origin"},
+    )
+    try:
+        with opener.open(request, timeout=SIGN_IN_TIMEOUT_S) as response:
+            text = _text(response.read())
+        raise SignInFailed(f"signing in answered HTTP {response.status}, not a redirect: {text}")
+    except urllib.error.HTTPError as error:
+        location = error.headers.get("Location")
+        if error.code in (302, 303) and location:
+            return urljoin(authorization_url, location)
+        raise SignInFailed(f"signing in answered HTTP {error.code}: {_text(error.read())}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise SignInFailed(f"signing in did not answer: {error}") from None
+
+
+def _text(body: bytes | str, limit: int = 300) -> str:
+    """A page's words, for a message."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    text = " ".join(unescape(re.sub(r"<(style|script)[^>]*>.*?</\1>|<[^>]+>", " ", text, flags=re.DOTALL)).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_authorization(node: Path, suite: Suite, server: Server, names: list[str]) -> tuple[str, list[Outcome]]:
+    """`conformance authorization` against the server's sign-in, signing in as SIGN_IN_USER where the suite asks a
+    person to: what was tested, and each scenario's outcome."""
+    found = discover(server)
+    if isinstance(found, str):
+        return "authorization server", [Outcome(Run(suite, name, ""), "n/a", found) for name in names]
+    port = free_port()
+    redirect_uri = f"http://127.0.0.1:{port}/callback"
+    db: Database | None = None
+    password = client_id = ""
+    why_not = ""  # why the code grant cannot be tried
+    problems: list[str] = []  # why it failed before the suite could judge it
+    try:
+        db, password = sign_in_user(server, found.resource)
+    except SetupError as error:
+        why_not = f"needs a user who can sign in: {error}"
+    if db is not None and found.registration_endpoint is None:
+        why_not = "the server's metadata names no registration endpoint at which to register the suite's callback"
+    elif db is not None and found.registration_endpoint is not None:
+        try:
+            client_id = register_client(found.registration_endpoint, redirect_uri)
+        except SignInFailed as error:
+            problems.append(str(error))
+    subject = f"authorization server {found.issuer}" + (f", signing in as {SIGN_IN_USER}" if client_id else "")
+    try:
+        with tempfile.TemporaryDirectory(prefix="conformance-") as results:
+            command = [str(node), str(suite.entry), "authorization", "--url", found.issuer]
+            command += ["--resource", found.resource, "--port", str(port), "--output-dir", results]
+            command += ["--client-id", client_id] if client_id else []
+            output, status = _run_signing_in(command, client_id, password, redirect_uri, problems)
+            checks = {name: _checks(Path(results), name) for name in names}
+    finally:
+        if db is not None:
+            revoke_sign_ins(db)
+            db.discard()
+    outcomes = []
+    for name in names:
+        run, found_checks = Run(suite, name, ""), checks[name]
+        skipped = found_checks is not None and all(check["status"] == "SKIPPED" for check in found_checks)
+        if found_checks is None or (skipped and problems):
+            note = "; ".join(problems) or f"the suite wrote no results (exit status {status})"
+            outcomes.append(Outcome(run, "FAILED", note, output))
+        elif skipped:
+            reason = why_not or "; ".join(check.get("errorMessage") or "" for check in found_checks)
+            outcomes.append(Outcome(run, "n/a", reason, output))
+        else:
+            outcomes.append(judge(run, found_checks, output))
+    return subject, outcomes
+
+
+def _run_signing_in(
+    command: list[str], client_id: str, password: str, redirect_uri: str, problems: list[str]
+) -> tuple[str, int | None]:
+    """Run the suite; when it prints the URL a person should open, sign in there and hand the redirect to its
+    callback listener. Its output and exit status; what went wrong on the way is added to problems."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    urls: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert process.stdout is not None
+        asked = False
+        for line in process.stdout:
+            lines.append(line)
+            if asked and line.strip():
+                urls.put(line.strip())
+                asked = False
+            asked = asked or "following URL in your browser" in line
+        urls.put(None)
+
+    reader = threading.Thread(target=read, name="conformance-output", daemon=True)
+    reader.start()
+    try:
+        if client_id:
+            try:
+                url = urls.get(timeout=SIGN_IN_TIMEOUT_S)
+                if url is not None:  # else the suite ended first, and says why in its results
+                    location = approve(url, SIGN_IN_USER, password)
+                    if not location.startswith(redirect_uri + "?"):
+                        raise SignInFailed(f"signing in redirected to {location}, not to the suite's {redirect_uri}")
+                    with urllib.request.urlopen(location, timeout=SIGN_IN_TIMEOUT_S) as callback:  # noqa: S310 (127.0.0.1)
+                        callback.read()
+            except queue.Empty:
+                problems.append(f"the suite printed no authorization URL within {SIGN_IN_TIMEOUT_S} s")
+            except SignInFailed as error:
+                problems.append(str(error))
+            except (urllib.error.URLError, OSError) as error:
+                problems.append(f"the suite's callback listener at {redirect_uri} did not take the redirect: {error}")
+            if problems:
+                process.kill()  # else it waits five minutes for a callback that will not come
+        process.wait(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        problems.append(f"no result within {RUN_TIMEOUT_S} s")
+    reader.join(timeout=10)
+    return _plain("".join(lines)), process.returncode
+
+
+def _checks(results: Path, scenario: str) -> list[dict[str, Any]] | None:
+    written = sorted(results.glob(f"authorization-server-{scenario}-*/checks.json"))
+    return json.loads(written[0].read_text()) if written else None
 
 
 class Proxy:
@@ -615,7 +964,9 @@ def run_all(only: set[str], verbose: bool) -> bool:
     node = modules / ".node-platform" / "bin" / "node"
     suites = [suite_at(modules / PACKAGE), suite_at(install_prerelease(node))]
     listings = {suite: scenarios(node, suite) for suite in suites}
-    unknown = only - {name for listed in listings.values() for name in listed}
+    sign_in = {suite: authorization_scenarios(node, suite) for suite in suites}
+    every = {name for listed in [*listings.values(), *sign_in.values()] for name in listed}
+    unknown = only - every
     if unknown:
         raise SetupError(f"no suite has a scenario named {', '.join(sorted(unknown))}")
     print(f"Server: {server.url}, through devtools/auth-proxy.mjs")
@@ -630,12 +981,18 @@ def run_all(only: set[str], verbose: bool) -> bool:
                 ran = list(pool.map(lambda run: execute(node, proxy.url, run), runs))
                 order = {name: index for index, name in enumerate(listings[suite])}
                 outcomes = sorted(ran + skipped, key=lambda o: (o.status == "n/a", order[o.run.scenario], o.run.wire))
-                report(suite, outcomes, verbose)
+                if outcomes or not only:
+                    report(suite, outcomes, verbose)
+                failed = failed or any(outcome.status == "FAILED" for outcome in outcomes)
+        for suite in suites:
+            if sign_in[suite] and (not only or only & set(sign_in[suite])):
+                subject, outcomes = run_authorization(node, suite, server, sign_in[suite])
+                report(suite, outcomes, verbose, subject)
                 failed = failed or any(outcome.status == "FAILED" for outcome in outcomes)
     finally:
         if session is not None:
             remove_session(server, session)
-    stale = sorted(KNOWN - {name for listed in listings.values() for name in listed})
+    stale = sorted(KNOWN - every)
     if stale and not only:
         print(f"\nThe table names scenarios no suite lists any more: {', '.join(stale)}")
     return failed
