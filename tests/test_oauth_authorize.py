@@ -320,3 +320,23 @@ def test_setting_a_password_spends_the_users_other_links(signed_server, database
         signed_server.base_url + "/invite", params={"token": older}, data={"password": "x" * 20, "confirm": "x" * 20}
     )
     assert stale.status_code == 410
+
+
+@pytest.mark.parametrize(
+    ("registered", "requested", "status"),
+    [
+        ("http://localhost/callback", "http://localhost:55783/callback", 200),  # as Claude Code's document says
+        ("http://127.0.0.1/callback", "http://127.0.0.1:55783/callback", 200),
+        ("http://[::1]/callback", "http://[::1]:55783/callback", 200),
+        ("http://localhost/callback", "http://127.0.0.1:55783/callback", 400),  # another host is another URI
+        ("http://localhost/callback", "http://localhost.evil.example:55783/callback", 400),
+        ("http://localhost/callback", "http://localhost:55783/other", 400),
+    ],
+)
+def test_a_loopback_redirect_differs_only_in_its_port(signed_server, registered, requested, status):
+    client = httpx2.post(
+        signed_server.base_url + "/register", json={"client_name": "Local app", "redirect_uris": [registered]}
+    ).json()["client_id"]
+    page = httpx2.get(signed_server.base_url + "/authorize", params=request(client, redirect_uri=requested))
+    assert page.status_code == status
+    assert "location" not in page.headers

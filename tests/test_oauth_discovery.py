@@ -50,7 +50,7 @@ def test_the_protected_resource_metadata_names_the_mcp_url_and_its_issuer(signed
     assert response.json() == {
         "resource": f"{PUBLIC}/mcp",
         "authorization_servers": [PUBLIC],
-        "scopes_supported": ["mcp", "mcp:admin"],
+        "scopes_supported": ["mcp"],
         "bearer_methods_supported": ["header"],
         "resource_name": "ChittyOS ChatGPT",
     }

@@ -20,7 +20,9 @@ def protected_resource(public_url: str) -> dict[str, Any]:
     return {
         "resource": f"{public_url}/mcp",
         "authorization_servers": [public_url],
-        "scopes_supported": list(SCOPES),
+        # Only the everyday scope: a client that asks for every scope listed here would get an admin's rights by
+        # default; mcp:admin is asked for when a call needs it (the 403 insufficient_scope challenge names it).
+        "scopes_supported": [DEFAULT_SCOPE],
         "bearer_methods_supported": ["header"],
         "resource_name": "ChittyOS ChatGPT",
     }

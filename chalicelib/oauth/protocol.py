@@ -25,8 +25,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # What a redirect URI may hold: RFC 3986's characters, without a fragment. A backslash, a space or a control
 # character is read one way by Python and another by browsers (`http://evil.example\@127.0.0.1/` goes to evil).
 URI_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+")
-# A loopback IP literal redirect: its address and its path and query, the port left out (RFC 8252 7.3).
-LOOPBACK_REDIRECT = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?([/?][^#]*)?")
+# A loopback redirect: its host and its path and query, the port left out (RFC 8252 7.3). localhost too, which
+# apps publish without a port and use with one they pick (Claude Code's metadata document).
+LOOPBACK_REDIRECT = re.compile(r"http://(127\.0\.0\.1|\[::1\]|localhost)(?::[0-9]{1,5})?([/?][^#]*)?")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -142,7 +143,7 @@ def _storable(value: Any, depth: int = 0) -> bool:
 
 
 def redirect_allowed(requested: str, registered: list[str]) -> bool:
-    """Exact match, or a loopback IP literal http URI that differs only in its port (RFC 8252 7.3). Strings
+    """Exact match, or a loopback http URI that differs only in its port (RFC 8252 7.3). Strings
     are compared, never parsed parts: a browser may parse the URI otherwise."""
     if requested in registered:
         return True
