@@ -177,6 +177,7 @@ MATRIX: dict[str, list[IdArgument]] = {
     ],
     "chitty_chat_session_list": [user_id()],
     "chitty_chat_session_get": [session_id()],
+    "chitty_chat_session_messages": [session_id()],
     "chitty_chat_session_update": [
         session_id({"session_name": "renamed"}),
         IdArgument(

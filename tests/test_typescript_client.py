@@ -72,6 +72,7 @@ def test_every_tool_answers_a_typescript_client(server, fake_openai, alice, admi
         tool_step("chitty_chat_session_create", {"session_name": "made by ts", "metadata": {"case_id": "C-1"}}),
         tool_step("chitty_chat_session_list", {}),
         tool_step("chitty_chat_session_get", {"session_id": session_id}),
+        tool_step("chitty_chat_session_messages", {"session_id": session_id, "limit": 10}),
         tool_step("chitty_chat_session_update", {"session_id": session_id, "session_name": "renamed"}),
         tool_step("chitty_chat_session_delete", {"session_id": doomed}),
         tool_step("chitty_model_config_create", {"name": config, "model": "gpt-4o-mini", "temperature": 0.2}),

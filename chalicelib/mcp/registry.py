@@ -84,6 +84,8 @@ class Tool:
     # The handler checks the bearer token in its own first query (saving a round trip); it receives
     # the caller's unverified credential and raises Unauthenticated if the token is not live.
     verifies_credentials: bool = False
+    # The tools/list entry's `_meta` (an MCP App's view: {"ui": {"resourceUri": ...}}).
+    meta: dict[str, Any] | None = None
     _check: Callable[[Any], Any] | None = field(default=None, repr=False)
     _validator: Any = field(default=None, repr=False)
     _integers: IntegerFields | None = field(default=None, repr=False)
@@ -110,6 +112,8 @@ class Tool:
         }
         if self.output_schema is not None:
             entry["outputSchema"] = {"$schema": JSON_SCHEMA_DIALECT, **self.output_schema}
+        if self.meta is not None:
+            entry["_meta"] = self.meta
         return entry
 
     def validate(self, arguments: dict[str, Any]) -> None:
@@ -212,6 +216,8 @@ class ResourceFamily:
     mime_type: str
     list_for: Callable[[Any], list[dict[str, Any]]]
     read_for: Callable[[Any, str], dict[str, Any] | None]
+    # Listed in resources/templates/list: a family of fixed resources (MCP Apps' views) is not a template.
+    templated: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -250,6 +256,9 @@ class Registry:
     # The tasks extension: a task by id for a principal (None if unknown or not theirs), and its cancel.
     task_get: Callable[[str, Any], dict[str, Any] | None] | None = None
     task_cancel: Callable[[str, Any], bool] | None = None
+    # Extensions offered in every protocol version, by id, with their settings (MCP Apps: {"io.modelcontext
+    # protocol/ui": {}}); tasks, offered only at 2026-07-28, is set with set_tasks.
+    extensions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def set_tasks(
         self, *, get: Callable[[str, Any], dict[str, Any] | None], cancel: Callable[[str, Any], bool]

@@ -509,8 +509,11 @@ class McpServer:
 
     def _capabilities(self, modern: bool = False) -> dict[str, Any]:
         capabilities: dict[str, Any] = {"tools": {"listChanged": False}}
+        extensions = dict(self.registry.extensions)
         if modern and self.registry.task_get is not None:
-            capabilities["extensions"] = {TASKS_EXTENSION: {}}
+            extensions[TASKS_EXTENSION] = {}
+        if extensions:
+            capabilities["extensions"] = extensions
         if self.registry.resources:
             capabilities["resources"] = {"subscribe": False, "listChanged": False}
         if self.registry.prompts:
@@ -531,7 +534,9 @@ class McpServer:
 
     def _resource_templates_list(self, request: _Request) -> dict[str, Any]:
         self._no_cursor(request)
-        result: dict[str, Any] = {"resourceTemplates": [family.describe() for family in self.registry.resources]}
+        result: dict[str, Any] = {
+            "resourceTemplates": [family.describe() for family in self.registry.resources if family.templated]
+        }
         return _cache_hints(request, result, ttl_ms=TOOLS_LIST_TTL_MS, scope="public")
 
     def _resources_read(self, request: _Request) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from chalicelib import apps
 from chalicelib.db import Database, DatabaseUnavailable
 from chalicelib.mcp import JsonRpcError, Registry, ToolCall, ToolResult, Unavailable
 from chalicelib.mcp.errors import UNAVAILABLE
@@ -52,6 +53,7 @@ def build_registry(db: Database) -> Registry:
     analytics.register(registry, db)
     configs.register(registry, db)
     templates.register(registry, db)
+    apps.register(registry)
     for tool in registry.tools.values():
         tool.handler = _database_errors_as_results(tool.handler)
     for resources in registry.resources:

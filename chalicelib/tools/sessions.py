@@ -27,6 +27,7 @@ from chalicelib.tools.records import (
     decode_cursor,
     encode_cursor,
     fill_page,
+    jsonable,
     page_arguments,
     session_record,
 )
@@ -84,6 +85,43 @@ SESSION = {
     },
     "required": ["session_id", "user_id", "session_name", "metadata", "status", "created_at"],
 }
+
+
+# A page of chitty_chat_session_messages: at most this many messages, cut after the one that takes it past
+# this many bytes of text.
+MESSAGES_PAGE = 100
+MESSAGES_PAGE_BYTES = 1_000_000
+MESSAGE = {
+    "type": "object",
+    "properties": {
+        "seq": {"type": "integer"},
+        "role": {"type": "string"},
+        "text": {"type": "string", "description": "The message as the transcript shows it (parts and calls too)."},
+        "model": {"type": ["string", "null"]},
+        "status": {"type": "string"},
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "cost_usd": {"type": ["number", "null"]},
+        "created_at": {"type": "string", "format": "date-time"},
+    },
+    "required": ["seq", "role", "text", "prompt_tokens", "completion_tokens", "cost_usd", "created_at"],
+}
+
+
+def _message_record(row: dict[str, Any]) -> dict[str, Any]:
+    return jsonable(
+        {
+            "seq": row["seq"],
+            "role": row["role"],
+            "text": _message_body(row),
+            "model": row["model"],
+            "status": row["status"],
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+            "cost_usd": row["cost_usd"],
+            "created_at": row["created_at"],
+        }
+    )
 
 
 def _session_position(position: dict[str, Any]) -> tuple[datetime.datetime, uuid.UUID]:
@@ -349,6 +387,27 @@ def register(registry: Registry, db: Database) -> None:
             raise NotFound(f"No session {call.arguments['session_id']}.")
         return session_record(row)
 
+    def messages(call: ToolCall) -> dict[str, Any]:
+        args = call.arguments
+        session = db.one("get_session", session_id=args["session_id"], **caller_params(call))
+        if session is None:
+            raise NotFound(f"No session {args['session_id']}.")
+        from_seq = args.get("from_seq", 1)
+        rows = db.all(
+            "session_transcript_part",
+            session_id=args["session_id"],
+            from_seq=from_seq,
+            limit=args.get("limit", MESSAGES_PAGE),
+            budget=MESSAGES_PAGE_BYTES,
+        )
+        last = rows[-1]["seq"] if rows else None
+        more = last is not None and last < session["last_seq"]
+        return {
+            "session": session_record(session),
+            "messages": [_message_record(row) for row in rows],
+            "next_from_seq": last + 1 if more else None,
+        }
+
     def update(call: ToolCall) -> dict[str, Any]:
         args = call.arguments
         metadata = None if args.get("metadata") is None else json.dumps(args["metadata"])
@@ -467,6 +526,39 @@ def register(registry: Registry, db: Database) -> None:
             },
             output_schema=SESSION,
             handler=get,
+            read_only=True,
+            idempotent=True,
+        )
+    )
+    registry.add_tool(
+        Tool(
+            name="chitty_chat_session_messages",
+            title="Chat session messages",
+            description=(
+                "A session's messages, oldest first, each with its role, text, model, tokens and cost, and the "
+                "session with its totals; a page at a time (limit, default 100): pass next_from_seq back as "
+                "from_seq until it is null."
+            ),
+            input_schema={
+                "type": "object",
+                "properties": {
+                    "session_id": SESSION_ID,
+                    "from_seq": {"type": "integer", "minimum": 1, "maximum": MAX_SEQ, "default": 1},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": MESSAGES_PAGE},
+                },
+                "required": ["session_id"],
+                "additionalProperties": False,
+            },
+            output_schema={
+                "type": "object",
+                "properties": {
+                    "session": SESSION,
+                    "messages": {"type": "array", "items": MESSAGE},
+                    "next_from_seq": {"type": ["integer", "null"]},
+                },
+                "required": ["session", "messages", "next_from_seq"],
+            },
+            handler=messages,
             read_only=True,
             idempotent=True,
         )

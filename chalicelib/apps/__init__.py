@@ -1,0 +1,86 @@
+"""MCP Apps (the io.modelcontextprotocol/ui extension): views a host shows in the conversation.
+
+Each view is one self-contained HTML file next to this module (inline CSS and JavaScript, nothing fetched),
+served as a `ui://chitty/...` resource with the MCP Apps MIME type and no `csp`, so the host's default policy
+lets it connect nowhere. A tool names its view in `_meta.ui.resourceUri`; the host renders the view and hands it
+the tool's result, and the view may call the server's tools through the host. Hosts without apps ignore
+`_meta` and show the tool's text and structuredContent, which are unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from chalicelib.mcp import Registry, ResourceFamily
+
+EXTENSION = "io.modelcontextprotocol/ui"
+MIME_TYPE = "text/html;profile=mcp-app"
+HERE = Path(__file__).resolve().parent
+RESOURCE_META = {"ui": {"prefersBorder": True}}
+VIEWS: dict[str, dict[str, str]] = {
+    "ui://chitty/usage.html": {
+        "file": "usage.html",
+        "name": "usage",
+        "title": "Usage",
+        "description": "Spend and tokens over time by model, with the totals and the monthly budget.",
+    },
+    "ui://chitty/session.html": {
+        "file": "session.html",
+        "name": "session",
+        "title": "Chat session",
+        "description": "A session's transcript with each message's tokens and cost, and its totals.",
+    },
+}
+# Which view each tool's result is shown in.
+TOOL_VIEWS = {
+    "chitty_usage_analytics": "ui://chitty/usage.html",
+    "chitty_usage_limits_get": "ui://chitty/usage.html",
+    "chitty_chat_session_get": "ui://chitty/session.html",
+    "chitty_chat_session_messages": "ui://chitty/session.html",
+}
+
+
+@functools.cache
+def view_html(uri: str) -> str:
+    """A view's HTML, read once per container."""
+    return (HERE / VIEWS[uri]["file"]).read_text(encoding="utf-8")
+
+
+def _listed(uri: str) -> dict[str, Any]:
+    view = VIEWS[uri]
+    return {
+        "uri": uri,
+        "name": view["name"],
+        "title": view["title"],
+        "description": view["description"],
+        "mimeType": MIME_TYPE,
+        "_meta": RESOURCE_META,
+    }
+
+
+def register(registry: Registry) -> None:
+    """Offer the extension: the views as resources, and each tool's `_meta.ui` naming its view."""
+    registry.extensions[EXTENSION] = {}
+    for name, uri in TOOL_VIEWS.items():
+        # The flat "ui/resourceUri" is the extension's earlier spelling, which older hosts still read.
+        registry.tool(name).meta = {"ui": {"resourceUri": uri}, "ui/resourceUri": uri}
+
+    def read(principal: Any, uri: str) -> dict[str, Any] | None:
+        if uri not in VIEWS:
+            return None
+        return {"uri": uri, "mimeType": MIME_TYPE, "text": view_html(uri), "_meta": RESOURCE_META}
+
+    registry.add_resources(
+        ResourceFamily(
+            uri_template="ui://chitty/{view}",
+            name="views",
+            title="Views",
+            description="MCP Apps views of usage and sessions.",
+            mime_type=MIME_TYPE,
+            list_for=lambda principal: [_listed(uri) for uri in VIEWS],
+            read_for=read,
+            templated=False,
+        )
+    )
