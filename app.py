@@ -103,6 +103,28 @@ def oidc_callback() -> Response:
     return Response(body=body, status_code=status, headers=headers)
 
 
+@app.route("/usage", methods=["GET"])
+def usage() -> Response:
+    return _usage("page")
+
+
+@app.route("/usage/callback", methods=["GET"])
+def usage_callback() -> Response:
+    return _usage("callback")
+
+
+@app.route("/usage/sign-out", methods=["POST"], content_types=[*FORM, "application/json"])
+def usage_sign_out() -> Response:
+    return _usage("sign_out")
+
+
+def _usage(name: str) -> Response:
+    request = app.current_request
+    query = {key: value for key, value in (request.query_params or {}).items()}
+    status, body, headers = service.usage_page(name, query, request.headers.get("cookie"))
+    return Response(body=body, status_code=status, headers=headers)
+
+
 @app.route("/invite", methods=["GET", "POST"], content_types=[*FORM, "application/json"])
 def invite() -> Response:
     request = app.current_request

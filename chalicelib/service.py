@@ -291,3 +291,27 @@ def invite(method: str, token: str, body: bytes, headers: dict[str, str]) -> tup
         return 404, "Sign-in is not set up (CHITTY_PUBLIC_URL).", {"Content-Type": "text/plain"}
     page = invites.page(get_database(), method=method, token=token, body=body, headers=headers, issuer=public_url)
     return page.status, page.body, page.headers
+
+
+def usage_page(
+    name: str, query: dict[str, str], cookie_header: str | None
+) -> tuple[int, str, dict[str, str | list[str]]]:
+    """/usage (`page`), /usage/callback (`callback`) and /usage/sign-out (`sign_out`): status, HTML and headers
+    (Set-Cookie as a list); 404 while CHITTY_PUBLIC_URL is unset."""
+    from chalicelib.apps import pages
+
+    settings = get_settings()
+    if settings.public_url is None or settings.resource is None:
+        return 404, "The usage page needs sign-in (CHITTY_PUBLIC_URL).", {"Content-Type": "text/plain"}
+    site = pages.Site(settings.public_url, settings.resource)
+    db = get_database()
+    if name == "page":
+        page = pages.usage_page(db, mcp_server().registry, site, query, cookie_header)
+    elif name == "callback":
+        page = pages.callback(db, site, query, cookie_header)
+    else:
+        page = pages.sign_out(db, site, cookie_header)
+    headers: dict[str, str | list[str]] = dict(page.headers)
+    if page.cookies:
+        headers["Set-Cookie"] = page.cookies
+    return page.status, page.body, headers

@@ -23,3 +23,7 @@ RETURNING id, user_id, revoked_at;
 -- name: schema_state
 SELECT (SELECT coalesce(max(version), 0) FROM schema_migrations) AS version,
        (SELECT coalesce(jsonb_object_agg(name, checksum), '{}') FROM schema_definitions) AS definitions;
+
+-- name: user_ids
+-- Every user's id, for an admin's choice of whose usage to see.
+SELECT id FROM users ORDER BY id LIMIT 1000;

@@ -174,3 +174,12 @@ SELECT (SELECT count(*) FROM codes) + (SELECT count(*) FROM provider_sign_ins) +
        AS records,
        (SELECT count(*) FROM grants) AS grants,
        (SELECT count(*) FROM clients) AS clients;
+
+-- name: ensure_first_party_client
+-- The server's own web pages as a client of its authorization server (their redirect follows the public URL).
+INSERT INTO oauth_clients (client_id, kind, client_name, redirect_uris)
+VALUES (:client_id, 'registered', :client_name, ARRAY[CAST(:redirect_uri AS text)])
+ON CONFLICT (client_id) DO UPDATE
+SET redirect_uris = EXCLUDED.redirect_uris, client_name = EXCLUDED.client_name, created_at = now()
+WHERE oauth_clients.kind = 'registered'
+RETURNING client_id;

@@ -1,0 +1,234 @@
+"""/usage: the usage view as a web page, for a user signed in through the server's own sign-in.
+
+The page is a client of this server's authorization server, as any app is: a visitor without a live token is
+sent to /authorize (code with PKCE, the usage page as the client), and the callback keeps the access and refresh
+tokens in HttpOnly cookies scoped to /usage. The page then runs the same tools a host would
+(chitty_usage_analytics by model, chitty_usage_limits_get) as the signed-in user, and serves the usage view with
+their results inside it; the view's controls are a GET form, so the page needs no script to fetch anything.
+Admins may choose a user; an admin signed in without the admin scope is sent to sign in again for it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import secrets
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from chalicelib import auth
+from chalicelib.apps import view_html
+from chalicelib.db import Database
+from chalicelib.mcp import Registry, ToolCall, ToolError, ToolResult
+from chalicelib.mcp.errors import InsufficientScope
+from chalicelib.oauth import protocol
+
+CLIENT_ID = "chitty-usage-page"
+CLIENT_NAME = "ChittyOS usage page"
+ACCESS_COOKIE = "chitty_usage"
+REFRESH_COOKIE = "chitty_usage_refresh"
+LOGIN_COOKIE = "chitty_usage_login"
+DEFAULT_DAYS = 30
+PAGE_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+
+@dataclass
+class Page:
+    status: int
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=lambda: dict(PAGE_HEADERS))
+    cookies: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where the page lives: the issuer (CHITTY_PUBLIC_URL) and the MCP URL its tokens are bound to."""
+
+    public_url: str
+    resource: str
+
+    @property
+    def page_url(self) -> str:
+        return f"{self.public_url}/usage"
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.public_url}/usage/callback"
+
+    def cookie(self, name: str, value: str, max_age: int) -> str:
+        """A Set-Cookie value: HttpOnly, SameSite=Lax, scoped to the page, Secure over https."""
+        secure = "; Secure" if self.public_url.startswith("https://") else ""
+        path = (urlsplit(self.public_url).path or "") + "/usage"
+        return f"{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+
+
+def cookies_of(header: str | None) -> dict[str, str]:
+    parsed: SimpleCookie = SimpleCookie()
+    try:
+        parsed.load(header or "")
+    except Exception:  # noqa: BLE001 (a malformed Cookie header is no cookie)
+        return {}
+    return {name: morsel.value for name, morsel in parsed.items()}
+
+
+def usage_page(db: Database, registry: Registry, site: Site, query: dict[str, str], cookie_header: str | None) -> Page:
+    """GET /usage: the signed-in user's usage (or, for an admin, the chosen user's), or the way to sign in."""
+    jar = cookies_of(cookie_header)
+    refreshed: list[str] = []
+    principal = _principal(db, site, jar.get(ACCESS_COOKIE))
+    if principal is None and jar.get(REFRESH_COOKIE):
+        principal, refreshed = _refresh(db, site, jar[REFRESH_COOKIE])
+    if principal is None:
+        return _to_sign_in(db, site, query, admin=False)
+    try:
+        arguments, shown = _analytics_arguments(query, principal)
+        analytics = _run(registry, "chitty_usage_analytics", arguments, principal)
+        limits = _run(registry, "chitty_usage_limits_get", {"user_id": shown} if shown != "*" else {}, principal)
+    except InsufficientScope:
+        return _to_sign_in(db, site, query, admin=True)
+    except ToolError as error:
+        return _message("Usage", error.message, 400, refreshed)
+    is_admin = principal.is_admin or principal.admin_scope_missing
+    data = {
+        "analytics": analytics,
+        "limits": limits,
+        "users": [row["id"] for row in db.all("user_ids")] + ["*"] if is_admin else None,
+        "user_id": shown,
+        "query": {key: arguments[key] for key in ("start_date", "end_date", "granularity")},
+    }
+    # Inside a <script> element: "<" is escaped so that no text in the data can close it.
+    script = '<script type="application/json" id="chitty-data">' + json.dumps(data).replace("<", "\\u003c")
+    body = view_html("ui://chitty/usage.html").replace("</body>", script + "</script></body>", 1)
+    return Page(200, body, cookies=refreshed)
+
+
+def callback(db: Database, site: Site, query: dict[str, str], cookie_header: str | None) -> Page:
+    """GET /usage/callback: back from sign-in with a code; the tokens go into the page's cookies."""
+    login = cookies_of(cookie_header).get(LOGIN_COOKIE, "")
+    state, _, rest = login.partition(".")
+    verifier, _, back = rest.partition(".")
+    if not state or not secrets.compare_digest(state, query.get("state", "")) or query.get("iss") != site.public_url:
+        return _message("Usage", "This sign-in did not start here, or has expired: open the usage page again.", 400)
+    clear_login = site.cookie(LOGIN_COOKIE, "", 0)
+    if query.get("error"):
+        return _message("Usage", "You did not allow the usage page to sign you in.", 403, [clear_login])
+    answer = protocol.token(
+        db,
+        urlencode(
+            {
+                "grant_type": "authorization_code",
+                "code": query.get("code", ""),
+                "redirect_uri": site.callback_url,
+                "client_id": CLIENT_ID,
+                "code_verifier": verifier,
+            }
+        ).encode(),
+        site.resource,
+    )
+    if answer.status != 200:
+        return _message("Usage", "Signing in did not complete: open the usage page again.", 400, [clear_login])
+    location = site.page_url + ("?" + back if back else "")
+    return Page(
+        302, "", {"Location": location, "Cache-Control": "no-store"}, [clear_login, *_token_cookies(site, answer)]
+    )
+
+
+def sign_out(db: Database, site: Site, cookie_header: str | None) -> Page:
+    """POST /usage/sign-out: revoke the page's grant and forget its cookies."""
+    jar = cookies_of(cookie_header)
+    for name in (REFRESH_COOKIE, ACCESS_COOKIE):
+        if jar.get(name):
+            protocol.revoke(db, urlencode({"token": jar[name], "client_id": CLIENT_ID}).encode())
+    cleared = [site.cookie(name, "", 0) for name in (ACCESS_COOKIE, REFRESH_COOKIE)]
+    return _message("Usage", "You are signed out of the usage page.", 200, cleared)
+
+
+def _principal(db: Database, site: Site, token: str | None) -> auth.Principal | None:
+    if not token:
+        return None
+    found = auth.authenticate(db, f"Bearer {token}", resource=site.resource)
+    return found if isinstance(found, auth.Principal) else None
+
+
+def _refresh(db: Database, site: Site, refresh_token: str) -> tuple[auth.Principal | None, list[str]]:
+    answer = protocol.token(
+        db,
+        urlencode({"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": CLIENT_ID}).encode(),
+        site.resource,
+    )
+    if answer.status != 200:
+        return None, [site.cookie(REFRESH_COOKIE, "", 0)]
+    return _principal(db, site, answer.body["access_token"]), _token_cookies(site, answer)
+
+
+def _token_cookies(site: Site, answer: protocol.Answer) -> list[str]:
+    return [
+        site.cookie(ACCESS_COOKIE, answer.body["access_token"], answer.body["expires_in"]),
+        site.cookie(REFRESH_COOKIE, answer.body["refresh_token"], protocol.REFRESH_TTL_S),
+    ]
+
+
+def _to_sign_in(db: Database, site: Site, query: dict[str, str], *, admin: bool) -> Page:
+    """Send the browser to /authorize with the page as the client; the way back is kept in a cookie."""
+    db.one("ensure_first_party_client", client_id=CLIENT_ID, client_name=CLIENT_NAME, redirect_uri=site.callback_url)
+    state, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(48)
+    wanted = {key: query[key] for key in ("start_date", "end_date", "granularity", "user_id") if query.get(key)}
+    login = f"{state}.{verifier}.{urlencode(wanted)}"
+    authorize = {
+        "response_type": "code",
+        "client_id": CLIENT_ID,
+        "redirect_uri": site.callback_url,
+        "code_challenge": protocol.s256(verifier),
+        "code_challenge_method": "S256",
+        "state": state,
+        "scope": "mcp mcp:admin" if admin else "mcp",
+        "resource": site.resource,
+    }
+    location = f"{site.public_url}/authorize?{urlencode(authorize)}"
+    cookie = site.cookie(LOGIN_COOKIE, login.replace(";", "").replace(" ", ""), 600)
+    return Page(302, "", {"Location": location, "Cache-Control": "no-store"}, [cookie])
+
+
+def _analytics_arguments(query: dict[str, str], principal: auth.Principal) -> tuple[dict[str, Any], str]:
+    today = datetime.datetime.now(datetime.UTC).date()
+    shown = query.get("user_id") or principal.user_id
+    arguments: dict[str, Any] = {
+        "start_date": query.get("start_date") or (today - datetime.timedelta(days=DEFAULT_DAYS - 1)).isoformat(),
+        "end_date": query.get("end_date") or today.isoformat(),
+        "granularity": query.get("granularity") or "day",
+        "group_by": "model",
+    }
+    if shown != principal.user_id:
+        arguments["user_id"] = shown
+    return arguments, shown
+
+
+def _run(registry: Registry, name: str, arguments: dict[str, Any], principal: auth.Principal) -> dict[str, Any]:
+    """A tool's structured answer, as the signed-in user; its refusal as a ToolError."""
+    tool = registry.tool(name)
+    tool.validate(arguments)
+    answer = tool.handler(ToolCall(name=name, arguments=arguments, principal=principal))
+    return answer.structured if isinstance(answer, ToolResult) else answer
+
+
+def _message(title: str, text: str, status: int, cookies: list[str] | None = None) -> Page:
+    import html
+
+    body = (
+        "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font:16px system-ui,sans-serif;max-width:32em;margin:3em auto;padding:0 1em}</style>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></html>"
+    )
+    return Page(status, body, cookies=list(cookies or []))

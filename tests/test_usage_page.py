@@ -1,0 +1,175 @@
+"""/usage: the usage view as a web page for signed-in users, against `make run`'s server.
+
+The page signs its visitor in through the server's own authorization server (it is a client of it, with PKCE),
+keeps the tokens in HttpOnly cookies scoped to /usage, and serves the usage view with the signed-in user's
+analytics and limits inside it. Admins may choose a user, after allowing the admin scope."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from html import unescape
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import httpx2
+import pytest
+
+from chalicelib.db import connection
+from tests.clients import post
+from tests.conftest import Server, start_make_run
+
+PASSWORD = "correct horse battery staple"
+SAME_SITE = {"Sec-Fetch-Site": "same-origin"}
+
+
+@pytest.fixture(scope="module")
+def run_server(database_url, fake_openai_server, tmp_path_factory) -> Iterator[Server]:
+    server = start_make_run(tmp_path_factory.mktemp("usage-page"), database_url, fake_openai_server)
+    yield server
+    server.stop()
+
+
+def with_password(database_url: str, user_id: str) -> str:
+    from chalicelib.oauth.passwords import hash_password
+
+    with connection(database_url) as conn:
+        conn.run(
+            "INSERT INTO user_passwords (user_id, password_hash) VALUES (:u, :h)", u=user_id, h=hash_password(PASSWORD)
+        )
+    return user_id
+
+
+def sign_in(browser: httpx2.Client, page: httpx2.Response, login: str) -> httpx2.Response:
+    """Follow the page to the sign-in form, sign in and allow; the answer of the page's callback."""
+    assert page.status_code == 302, page.text
+    form_page = browser.get(page.headers["location"])
+    assert form_page.status_code == 200, form_page.text
+    action = unescape(re.search(r'action="([^"]+)"', form_page.text)[1])
+    hidden = {name: unescape(value) for name, value in re.findall(r'name="([^"]+)" value="([^"]*)"', form_page.text)}
+    allowed = browser.post(
+        action, data={**hidden, "login": login, "password": PASSWORD, "decision": "allow"}, headers=SAME_SITE
+    )
+    assert allowed.status_code == 302, allowed.text
+    return browser.get(allowed.headers["location"])
+
+
+def embedded(page: httpx2.Response) -> dict:
+    found = re.search(r'<script type="application/json" id="chitty-data">(.*?)</script>', page.text, re.DOTALL)
+    assert found, page.text[:500]
+    return json.loads(found[1])
+
+
+def analytics(server: Server, token: str, **arguments) -> dict:
+    answer = post(
+        server.mcp_url,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "chitty_usage_analytics", "arguments": arguments},
+        },
+        token=token,
+    )
+    return answer.json()["result"]["structuredContent"]
+
+
+def test_a_visitor_is_sent_to_sign_in_with_pkce_and_the_page_as_the_client(run_server):
+    answer = httpx2.get(run_server.base_url + "/usage", params={"granularity": "week"})
+    assert answer.status_code == 302
+    location = urlsplit(answer.headers["location"])
+    query = parse_qs(location.query)
+    assert location.path == "/authorize"
+    assert query["client_id"] == ["chitty-usage-page"]
+    assert query["redirect_uri"] == [run_server.base_url + "/usage/callback"]
+    assert query["code_challenge_method"] == ["S256"]
+    assert query["scope"] == ["mcp"]
+    assert query["resource"] == [run_server.base_url + "/mcp"]
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith("chitty_usage_login=")
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Path=/usage" in cookie
+
+
+def test_a_signed_in_user_sees_their_usage_in_the_view(run_server, alice, database_url):
+    with_password(database_url, alice.user_id)
+    with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
+        back = sign_in(browser, browser.get("/usage", params={"granularity": "week"}), alice.user_id)
+        assert back.status_code == 302
+        assert back.headers["location"] == run_server.base_url + "/usage?granularity=week"
+        page = browser.get(back.headers["location"])
+    assert page.status_code == 200
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "connect-src" not in page.headers["content-security-policy"]  # default-src 'none': no fetch at all
+    data = embedded(page)
+    assert data["user_id"] == alice.user_id
+    assert data["users"] is None
+    assert data["query"]["granularity"] == "week"
+    assert data["limits"]["user_id"] == alice.user_id
+    direct = analytics(
+        run_server,
+        alice.token,
+        start_date=data["query"]["start_date"],
+        end_date=data["query"]["end_date"],
+        granularity="week",
+        group_by="model",
+    )
+    assert data["analytics"] == direct
+    assert page.text.count("</body>") == 1
+
+
+def test_the_page_refreshes_its_token_and_signs_out(run_server, alice, database_url):
+    with_password(database_url, alice.user_id)
+    with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
+        sign_in(browser, browser.get("/usage"), alice.user_id)
+        browser.cookies.delete("chitty_usage")  # the hour is up: only the refresh token is left
+        again = browser.get("/usage")
+        assert again.status_code == 200
+        assert embedded(again)["user_id"] == alice.user_id
+        assert "chitty_usage=" in again.headers.get("set-cookie", "")
+        refresh = browser.cookies.get("chitty_usage_refresh")
+        out = browser.post("/usage/sign-out")
+        assert out.status_code == 200
+        assert "signed out" in out.text
+        assert browser.get("/usage").status_code == 302
+    reused = httpx2.post(
+        run_server.base_url + "/token",
+        data={"grant_type": "refresh_token", "refresh_token": refresh, "client_id": "chitty-usage-page"},
+    )
+    assert reused.json()["error"] == "invalid_grant"
+
+
+def test_an_admin_chooses_a_user_after_allowing_the_admin_scope(run_server, admin, alice, database_url):
+    with_password(database_url, admin.user_id)
+    with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
+        own = browser.get(sign_in(browser, browser.get("/usage"), admin.user_id).headers["location"])
+        data = embedded(own)
+        assert alice.user_id in data["users"]
+        assert "*" in data["users"]
+        step_up = browser.get("/usage", params={"user_id": alice.user_id})
+        assert step_up.status_code == 302
+        assert parse_qs(urlsplit(step_up.headers["location"]).query)["scope"] == ["mcp mcp:admin"]
+        back = sign_in(browser, step_up, admin.user_id)
+        theirs = browser.get(urljoin(run_server.base_url, back.headers["location"]))
+    assert embedded(theirs)["user_id"] == alice.user_id
+    assert embedded(theirs)["limits"]["user_id"] == alice.user_id
+
+
+def test_a_user_cannot_choose_another_user(run_server, alice, bob, database_url):
+    with_password(database_url, alice.user_id)
+    with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
+        sign_in(browser, browser.get("/usage"), alice.user_id)
+        refused = browser.get("/usage", params={"user_id": bob.user_id})
+    assert refused.status_code == 400
+    assert "Only admins" in refused.text
+
+
+def test_a_callback_that_did_not_start_here_is_refused(run_server):
+    forged = httpx2.get(
+        run_server.base_url + "/usage/callback",
+        params={"code": "x", "state": "y", "iss": run_server.base_url},
+        cookies={"chitty_usage_login": "z.v."},
+    )
+    assert forged.status_code == 400
+    assert "did not start here" in forged.text
