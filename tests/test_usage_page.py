@@ -55,8 +55,13 @@ def sign_in(browser: httpx2.Client, page: httpx2.Response, login: str) -> httpx2
 
 
 def embedded(page: httpx2.Response) -> dict:
-    found = re.search(r'<script type="application/json" id="chitty-data">(.*?)</script>', page.text, re.DOTALL)
-    assert found, page.text[:500]
+    return embedded_from(page.text)
+
+
+def embedded_from(html: str) -> dict:
+    """The data the server put into the view."""
+    found = re.search(r'<script type="application/json" id="chitty-data">(.*?)</script>', html, re.DOTALL)
+    assert found, html[:500]
     return json.loads(found[1])
 
 
@@ -173,3 +178,44 @@ def test_a_callback_that_did_not_start_here_is_refused(run_server):
     )
     assert forged.status_code == 400
     assert "did not start here" in forged.text
+
+
+def test_the_page_in_a_browser_signs_in_and_draws_the_users_usage(
+    run_server, browser, fake_openai, alice, database_url
+):
+    """Chromium: the page sends the person to sign in, comes back, and draws their usage: a point per bucket,
+    the totals of the tool; at desktop width and at 400 px."""
+    from tests.browser import screenshot_path
+
+    person = alice
+    with_password(database_url, person.user_id)
+    for model in ("gpt-4o-mini", "gpt-5.4-mini", "gpt-4o-mini"):
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {
+                "name": "chatgpt_complete",
+                "arguments": {"messages": [{"role": "user", "content": "hello"}], "model": model},
+            },
+        }
+        assert post(run_server.mcp_url, body, token=person.token).json()["result"]["isError"] is False
+    context = browser.new_context(viewport={"width": 1024, "height": 900})
+    page = context.new_page()
+    page.goto(run_server.base_url + "/usage?granularity=hour")
+    page.fill("input[name=login]", person.user_id)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[value=allow]")
+    page.wait_for_url(run_server.base_url + "/usage?granularity=hour")
+    page.wait_for_selector("[data-bucket-start]")
+    data = embedded_from(page.content())
+    starts = {bucket["start"] for bucket in data["analytics"]["buckets"]}
+    assert page.locator("[data-bucket-start]").count() == len(starts)
+    shown_cost = float(page.locator('[data-total="cost_usd"]').get_attribute("data-value"))
+    assert shown_cost == pytest.approx(data["analytics"]["totals"]["cost_usd"])
+    assert page.locator('[data-total="requests"]').get_attribute("data-value") == "3"
+    page.screenshot(path=screenshot_path("usage-page-desktop"), full_page=True)
+    page.set_viewport_size({"width": 400, "height": 900})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400
+    page.screenshot(path=screenshot_path("usage-page-400px"), full_page=True)
+    context.close()
