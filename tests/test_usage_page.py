@@ -157,8 +157,11 @@ def test_an_admin_chooses_a_user_after_allowing_the_admin_scope(run_server, admi
         assert parse_qs(urlsplit(step_up.headers["location"]).query)["scope"] == ["mcp mcp:admin"]
         back = sign_in(browser, step_up, admin.user_id)
         theirs = browser.get(urljoin(run_server.base_url, back.headers["location"]))
+        everyone = embedded(browser.get("/usage", params={"user_id": "*"}))
     assert embedded(theirs)["user_id"] == alice.user_id
     assert embedded(theirs)["limits"]["user_id"] == alice.user_id
+    assert everyone["analytics"]["user_id"] == "*"
+    assert everyone["limits"] is None  # everyone's usage has no one budget
 
 
 def test_a_user_cannot_choose_another_user(run_server, alice, bob, database_url):

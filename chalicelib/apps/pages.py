@@ -94,7 +94,8 @@ def usage_page(db: Database, registry: Registry, site: Site, query: dict[str, st
     try:
         arguments, shown = _analytics_arguments(query, principal)
         analytics = _run(registry, "chitty_usage_analytics", arguments, principal)
-        limits = _run(registry, "chitty_usage_limits_get", {"user_id": shown} if shown != "*" else {}, principal)
+        # Everyone's usage has no one budget: the view then shows none.
+        limits = None if shown == "*" else _run(registry, "chitty_usage_limits_get", {"user_id": shown}, principal)
     except InsufficientScope:
         return _to_sign_in(db, site, query, admin=True)
     except ToolError as error:

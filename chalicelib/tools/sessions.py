@@ -535,9 +535,10 @@ def register(registry: Registry, db: Database) -> None:
             name="chitty_chat_session_messages",
             title="Chat session messages",
             description=(
-                "A session's messages, oldest first, each with its role, text, model, tokens and cost, and the "
-                "session with its totals; a page at a time (limit, default 100): pass next_from_seq back as "
-                "from_seq until it is null."
+                "A session's messages, oldest first, each with its role, text, model, status, tokens and cost, "
+                "and the session with its totals (its message_count counts the messages that succeeded; failed "
+                "ones are listed too, with status error); a page at a time (limit, default 100): pass "
+                "next_from_seq back as from_seq until it is null."
             ),
             input_schema={
                 "type": "object",
