@@ -121,8 +121,9 @@ def usage_sign_out() -> Response:
 def _usage(name: str) -> Response:
     request = app.current_request
     query = {key: value for key, value in (request.query_params or {}).items()}
-    status, body, headers = service.usage_page(name, query, request.headers.get("cookie"))
-    return Response(body=body, status_code=status, headers=headers)
+    headers = {key.lower(): value for key, value in request.headers.items()}
+    status, body, answer_headers = service.usage_page(name, query, headers.get("cookie"), headers)
+    return Response(body=body, status_code=status, headers=answer_headers)
 
 
 @app.route("/invite", methods=["GET", "POST"], content_types=[*FORM, "application/json"])

@@ -294,7 +294,7 @@ def invite(method: str, token: str, body: bytes, headers: dict[str, str]) -> tup
 
 
 def usage_page(
-    name: str, query: dict[str, str], cookie_header: str | None
+    name: str, query: dict[str, str], cookie_header: str | None, headers: dict[str, str]
 ) -> tuple[int, str, dict[str, str | list[str]]]:
     """/usage (`page`), /usage/callback (`callback`) and /usage/sign-out (`sign_out`): status, HTML and headers
     (Set-Cookie as a list); 404 while CHITTY_PUBLIC_URL is unset."""
@@ -310,7 +310,7 @@ def usage_page(
     elif name == "callback":
         page = pages.callback(db, site, query, cookie_header)
     else:
-        page = pages.sign_out(db, site, cookie_header)
+        page = pages.sign_out(db, site, cookie_header, headers)
     headers: dict[str, str | list[str]] = dict(page.headers)
     if page.cookies:
         headers["Set-Cookie"] = page.cookies

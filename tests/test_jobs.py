@@ -223,7 +223,7 @@ def modern(server, user, method, params, name=None, capabilities=None):
 
 def test_clients_that_declare_tasks_get_a_task_they_can_follow_and_cancel(run_server, fake_openai, alice):
     discovered = modern(run_server, alice, "server/discover", {}).json()["result"]
-    assert discovered["capabilities"]["extensions"] == {"io.modelcontextprotocol/tasks": {}}
+    assert discovered["capabilities"]["extensions"]["io.modelcontextprotocol/tasks"] == {}
     arguments = {"messages": [{"role": "user", "content": "a task"}], "model": "gpt-4.1-mini", "background": True}
     call = {"name": "chatgpt_complete", "arguments": arguments}
     created = modern(run_server, alice, "tools/call", call, "chatgpt_complete", TASKS).json()["result"]

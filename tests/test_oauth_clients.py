@@ -6,6 +6,7 @@ one presented again revokes the whole grant."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
 import uuid
@@ -136,6 +137,15 @@ class User:
         return self.result
 
 
+def age_rotation(database_url: str, refresh_token: str) -> None:
+    """As if the refresh token had been exchanged a minute ago (past the grace for concurrent refreshes)."""
+    with connection(database_url) as conn:
+        conn.run(
+            "UPDATE oauth_refresh_tokens SET rotated_at = now() - interval '1 minute' WHERE token_hash = :h",
+            h=hashlib.sha256(refresh_token.encode()).hexdigest(),
+        )
+
+
 def refresh_at(server: Server, refresh_token: str, client_id: str) -> httpx2.Response:
     """What a client sends to refresh: the token endpoint, straight."""
     return httpx2.post(
@@ -155,7 +165,7 @@ def call_with(server: Server, access_token: str) -> httpx2.Response:
     return post(server.mcp_url, body, token=access_token, headers={"MCP-Protocol-Version": "2025-11-25"})
 
 
-def test_the_python_sdk_signs_in_in_chromium_lists_the_tools_calls_one_and_refreshes(run_server, person):
+def test_the_python_sdk_signs_in_in_chromium_lists_the_tools_calls_one_and_refreshes(run_server, person, database_url):
     executable = require_chromium()
     storage = Memory()
     sent: list[str] = []  # every request the SDK sent, with its answer: "METHOD /path status"
@@ -199,8 +209,10 @@ def test_the_python_sdk_signs_in_in_chromium_lists_the_tools_calls_one_and_refre
                     out["after_refresh"], out["listed"] = storage.tokens, listed.structured_content
                     out["pages_after_refresh"] = user.pages
 
-                    # The old refresh token presented again: a replay, which revokes the whole grant.
+                    # The old refresh token presented again, later than a concurrent refresh would be: a replay,
+                    # which revokes the whole grant.
                     old_refresh = out["first"].refresh_token
+                    await asyncio.to_thread(age_rotation, database_url, old_refresh)
                     client_id = storage.client.client_id if storage.client else ""
                     out["replayed"] = await asyncio.to_thread(refresh_at, run_server, old_refresh, client_id)
                     current = out["after_refresh"]

@@ -108,10 +108,28 @@ def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_grant(conn, user
     error, second_access, second_refresh = refresh(conn, first_refresh)
     assert error is None
     assert live(conn, second_access)
+    age_rotation(conn, first_refresh)
     assert refresh(conn, first_refresh)[0] == "invalid_grant"  # reused: stolen, or replayed
     assert live(conn, first_access) == []
     assert live(conn, second_access) == []
     assert refresh(conn, second_refresh)[0] == "invalid_grant"
+
+
+def age_rotation(conn, token: str) -> None:
+    """As if the token had been exchanged a minute ago: past the grace for concurrent refreshes."""
+    conn.run(
+        "UPDATE oauth_refresh_tokens SET rotated_at = now() - interval '1 minute' WHERE token_hash = :h",
+        h=digest(token),
+    )
+
+
+def test_a_refresh_token_reused_at_once_is_refused_but_the_grant_stands(conn, user):
+    """Two concurrent refreshes of one client (two tabs): the second is refused, nothing is revoked."""
+    _, _, first_refresh = redeem(conn, new_code(conn, user))
+    _, second_access, second_refresh = refresh(conn, first_refresh)
+    assert refresh(conn, first_refresh)[0] == "invalid_grant"
+    assert live(conn, second_access)
+    assert refresh(conn, second_refresh)[0] is None
 
 
 def test_a_replayed_code_revokes_what_it_produced(conn, user):

@@ -149,9 +149,7 @@ def test_an_admin_chooses_a_user_after_allowing_the_admin_scope(run_server, admi
     with_password(database_url, admin.user_id)
     with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
         own = browser.get(sign_in(browser, browser.get("/usage"), admin.user_id).headers["location"])
-        data = embedded(own)
-        assert alice.user_id in data["users"]
-        assert "*" in data["users"]
+        assert embedded(own)["users"] is None  # the list of users needs the admin scope too
         step_up = browser.get("/usage", params={"user_id": alice.user_id})
         assert step_up.status_code == 302
         assert parse_qs(urlsplit(step_up.headers["location"]).query)["scope"] == ["mcp mcp:admin"]
@@ -160,6 +158,8 @@ def test_an_admin_chooses_a_user_after_allowing_the_admin_scope(run_server, admi
         everyone = embedded(browser.get("/usage", params={"user_id": "*"}))
     assert embedded(theirs)["user_id"] == alice.user_id
     assert embedded(theirs)["limits"]["user_id"] == alice.user_id
+    assert alice.user_id in embedded(theirs)["users"]
+    assert "*" in embedded(theirs)["users"]
     assert everyone["analytics"]["user_id"] == "*"
     assert everyone["limits"] is None  # everyone's usage has no one budget
 
@@ -222,3 +222,60 @@ def test_the_page_in_a_browser_signs_in_and_draws_the_users_usage(
     assert page.evaluate("document.documentElement.scrollWidth") <= 400
     page.screenshot(path=screenshot_path("usage-page-400px"), full_page=True)
     context.close()
+
+
+def test_a_sign_out_from_another_site_is_refused_and_keeps_the_cookies(run_server, alice, database_url):
+    with_password(database_url, alice.user_id)
+    with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
+        sign_in(browser, browser.get("/usage"), alice.user_id)
+        forged = browser.post(
+            "/usage/sign-out", headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}
+        )
+        assert forged.status_code == 403
+        assert "set-cookie" not in forged.headers
+        assert browser.get("/usage").status_code == 200
+        page = browser.get("/usage")
+        assert 'action="' + run_server.base_url + '/usage/sign-out"' in page.text
+
+
+def test_a_refused_range_is_said_inside_the_view(run_server, alice, database_url):
+    with_password(database_url, alice.user_id)
+    with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
+        sign_in(browser, browser.get("/usage"), alice.user_id)
+        page = browser.get(
+            "/usage", params={"granularity": "hour", "start_date": "2026-01-01", "end_date": "2026-06-01"}
+        )
+    assert page.status_code == 400
+    data = embedded(page)
+    assert "31 days" in data["error"]
+    assert data["analytics"] is None
+
+
+def test_a_refresh_before_a_redirect_keeps_its_new_tokens(run_server, admin, alice, database_url):
+    """An admin whose hour is up asks for another user: the page refreshes, then sends them to allow the admin
+    scope; the refreshed tokens go with the redirect, so the used refresh token is never sent again."""
+    with_password(database_url, admin.user_id)
+    with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
+        sign_in(browser, browser.get("/usage"), admin.user_id)
+        browser.cookies.delete("chitty_usage")
+        step_up = browser.get("/usage", params={"user_id": alice.user_id})
+        assert step_up.status_code == 302
+        assert "chitty_usage_refresh=" in step_up.headers.get("set-cookie", "")
+        assert browser.get("/usage").status_code == 200  # walked away from the admin prompt: still signed in
+
+
+def test_a_malformed_cookie_of_another_app_spoils_nothing_and_a_strange_state_is_a_400(run_server, alice, database_url):
+    with_password(database_url, alice.user_id)
+    with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
+        sign_in(browser, browser.get("/usage"), alice.user_id)
+        token = browser.cookies.get("chitty_usage")
+    mixed = httpx2.get(
+        run_server.base_url + "/usage", headers={"Cookie": f"_ga=GA1.1.1; theme=dark mode; chitty_usage={token}"}
+    )
+    assert mixed.status_code == 200
+    odd = httpx2.get(
+        run_server.base_url + "/usage/callback",
+        params={"state": "é", "iss": run_server.base_url},
+        headers={"Cookie": "chitty_usage_login=s.v."},
+    )
+    assert odd.status_code == 400

@@ -19,20 +19,8 @@ EXTENSION = "io.modelcontextprotocol/ui"
 MIME_TYPE = "text/html;profile=mcp-app"
 HERE = Path(__file__).resolve().parent
 RESOURCE_META = {"ui": {"prefersBorder": True}}
-VIEWS: dict[str, dict[str, str]] = {
-    "ui://chitty/usage.html": {
-        "file": "usage.html",
-        "name": "usage",
-        "title": "Usage",
-        "description": "Spend and tokens over time by model, with the totals and the monthly budget.",
-    },
-    "ui://chitty/session.html": {
-        "file": "session.html",
-        "name": "session",
-        "title": "Chat session",
-        "description": "A session's transcript with each message's tokens and cost, and its totals.",
-    },
-}
+# The views by URI: their files, next to this module.
+VIEWS = {"ui://chitty/usage.html": "usage.html", "ui://chitty/session.html": "session.html"}
 # Which view each tool's result is shown in.
 TOOL_VIEWS = {
     "chitty_usage_analytics": "ui://chitty/usage.html",
@@ -45,19 +33,7 @@ TOOL_VIEWS = {
 @functools.cache
 def view_html(uri: str) -> str:
     """A view's HTML, read once per container."""
-    return (HERE / VIEWS[uri]["file"]).read_text(encoding="utf-8")
-
-
-def _listed(uri: str) -> dict[str, Any]:
-    view = VIEWS[uri]
-    return {
-        "uri": uri,
-        "name": view["name"],
-        "title": view["title"],
-        "description": view["description"],
-        "mimeType": MIME_TYPE,
-        "_meta": RESOURCE_META,
-    }
+    return (HERE / VIEWS[uri]).read_text(encoding="utf-8")
 
 
 def register(registry: Registry) -> None:
@@ -79,7 +55,8 @@ def register(registry: Registry) -> None:
             title="Views",
             description="MCP Apps views of usage and sessions.",
             mime_type=MIME_TYPE,
-            list_for=lambda principal: [_listed(uri) for uri in VIEWS],
+            # Not in resources/list, where a user's sessions are: hosts find a view through its tool's _meta.
+            list_for=lambda principal: [],
             read_for=read,
             templated=False,
         )

@@ -11,10 +11,11 @@ Admins may choose a user; an admin signed in without the admin scope is sent to 
 from __future__ import annotations
 
 import datetime
+import html
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -31,6 +32,10 @@ ACCESS_COOKIE = "chitty_usage"
 REFRESH_COOKIE = "chitty_usage_refresh"
 LOGIN_COOKIE = "chitty_usage_login"
 DEFAULT_DAYS = 30
+# When this container last made sure the page's client is registered, by callback URL: at most once an hour
+# a visitor costs a write (the daily upkeep deletes clients unused for a week).
+_client_ensured: dict[str, float] = {}
+CLIENT_CHECK_S = 3600.0
 PAGE_HEADERS = {
     "Content-Type": "text/html; charset=utf-8",
     "Cache-Control": "no-store",
@@ -74,12 +79,14 @@ class Site:
 
 
 def cookies_of(header: str | None) -> dict[str, str]:
-    parsed: SimpleCookie = SimpleCookie()
-    try:
-        parsed.load(header or "")
-    except Exception:  # noqa: BLE001 (a malformed Cookie header is no cookie)
-        return {}
-    return {name: morsel.value for name, morsel in parsed.items()}
+    """The cookies of a Cookie header, the first of each name (the one with the longest path); a malformed
+    cookie of another site's part of the path spoils none of the others."""
+    found: dict[str, str] = {}
+    for pair in (header or "").split(";"):
+        name, separator, value = pair.strip().partition("=")
+        if separator and name and name not in found:
+            found[name] = value.strip()
+    return found
 
 
 def usage_page(db: Database, registry: Registry, site: Site, query: dict[str, str], cookie_header: str | None) -> Page:
@@ -90,28 +97,40 @@ def usage_page(db: Database, registry: Registry, site: Site, query: dict[str, st
     if principal is None and jar.get(REFRESH_COOKIE):
         principal, refreshed = _refresh(db, site, jar[REFRESH_COOKIE])
     if principal is None:
-        return _to_sign_in(db, site, query, admin=False)
-    try:
-        arguments, shown = _analytics_arguments(query, principal)
-        analytics = _run(registry, "chitty_usage_analytics", arguments, principal)
-        # Everyone's usage has no one budget: the view then shows none.
-        limits = None if shown == "*" else _run(registry, "chitty_usage_limits_get", {"user_id": shown}, principal)
-    except InsufficientScope:
-        return _to_sign_in(db, site, query, admin=True)
-    except ToolError as error:
-        return _message("Usage", error.message, 400, refreshed)
-    is_admin = principal.is_admin or principal.admin_scope_missing
-    data = {
-        "analytics": analytics,
-        "limits": limits,
-        "users": [row["id"] for row in db.all("user_ids")] + ["*"] if is_admin else None,
+        return _with_cookies(_to_sign_in(db, site, query, admin=False), refreshed)
+    arguments, shown = _analytics_arguments(query, principal)
+    data: dict[str, Any] = {
+        "analytics": None,
+        "limits": None,
+        # The list of users is an admin's, with the admin scope.
+        "users": [row["id"] for row in db.all("user_ids")] + ["*"] if principal.is_admin else None,
         "user_id": shown,
         "query": {key: arguments[key] for key in ("start_date", "end_date", "granularity")},
     }
+    status = 200
+    try:
+        data["analytics"] = _run(registry, "chitty_usage_analytics", arguments, principal)
+        # Everyone's usage has no one budget: the view then shows none.
+        if shown != "*":
+            data["limits"] = _run(registry, "chitty_usage_limits_get", {"user_id": shown}, principal)
+    except InsufficientScope:
+        return _with_cookies(_to_sign_in(db, site, query, admin=True), refreshed)
+    except ToolError as error:
+        data["error"], status = error.message, 400
     # Inside a <script> element: "<" is escaped so that no text in the data can close it.
     script = '<script type="application/json" id="chitty-data">' + json.dumps(data).replace("<", "\\u003c")
-    body = view_html("ui://chitty/usage.html").replace("</body>", script + "</script></body>", 1)
-    return Page(200, body, cookies=refreshed)
+    sign_out = (
+        f'<form method=post action="{html.escape(site.page_url)}/sign-out" '
+        'style="max-width:64rem;margin:0 auto;padding:0 1rem 1rem"><button>Sign out</button></form>'
+    )
+    body = view_html("ui://chitty/usage.html").replace("</body>", script + "</script>" + sign_out + "</body>", 1)
+    return Page(status, body, cookies=refreshed)
+
+
+def _with_cookies(page: Page, cookies: list[str]) -> Page:
+    """The page, also setting these cookies first (a refresh's new tokens must not be lost on a redirect)."""
+    page.cookies[:0] = cookies
+    return page
 
 
 def callback(db: Database, site: Site, query: dict[str, str], cookie_header: str | None) -> Page:
@@ -119,7 +138,8 @@ def callback(db: Database, site: Site, query: dict[str, str], cookie_header: str
     login = cookies_of(cookie_header).get(LOGIN_COOKIE, "")
     state, _, rest = login.partition(".")
     verifier, _, back = rest.partition(".")
-    if not state or not secrets.compare_digest(state, query.get("state", "")) or query.get("iss") != site.public_url:
+    answered = query.get("state", "").encode()
+    if not state or not secrets.compare_digest(state.encode(), answered) or query.get("iss") != site.public_url:
         return _message("Usage", "This sign-in did not start here, or has expired: open the usage page again.", 400)
     clear_login = site.cookie(LOGIN_COOKIE, "", 0)
     if query.get("error"):
@@ -145,14 +165,21 @@ def callback(db: Database, site: Site, query: dict[str, str], cookie_header: str
     )
 
 
-def sign_out(db: Database, site: Site, cookie_header: str | None) -> Page:
-    """POST /usage/sign-out: revoke the page's grant and forget its cookies."""
+def sign_out(db: Database, site: Site, cookie_header: str | None, headers: dict[str, str]) -> Page:
+    """POST /usage/sign-out: revoke the page's grant and forget its cookies; from this site only (another site
+    could otherwise drop the cookies and leave the grant alive)."""
+    origin = urlsplit(site.public_url)
+    if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none") or headers.get("origin") not in (
+        None,
+        f"{origin.scheme}://{origin.netloc}",
+    ):
+        return _message("Usage", "A sign-out from another site was refused.", 403)
     jar = cookies_of(cookie_header)
     for name in (REFRESH_COOKIE, ACCESS_COOKIE):
         if jar.get(name):
             protocol.revoke(db, urlencode({"token": jar[name], "client_id": CLIENT_ID}).encode())
     cleared = [site.cookie(name, "", 0) for name in (ACCESS_COOKIE, REFRESH_COOKIE)]
-    return _message("Usage", "You are signed out of the usage page.", 200, cleared)
+    return _message("Usage", "You are signed out of the usage page.", 200, cleared, link=site.page_url)
 
 
 def _principal(db: Database, site: Site, token: str | None) -> auth.Principal | None:
@@ -182,7 +209,11 @@ def _token_cookies(site: Site, answer: protocol.Answer) -> list[str]:
 
 def _to_sign_in(db: Database, site: Site, query: dict[str, str], *, admin: bool) -> Page:
     """Send the browser to /authorize with the page as the client; the way back is kept in a cookie."""
-    db.one("ensure_first_party_client", client_id=CLIENT_ID, client_name=CLIENT_NAME, redirect_uri=site.callback_url)
+    if _client_ensured.get(site.callback_url, 0.0) < time.monotonic() - CLIENT_CHECK_S:
+        db.one(
+            "ensure_first_party_client", client_id=CLIENT_ID, client_name=CLIENT_NAME, redirect_uri=site.callback_url
+        )
+        _client_ensured[site.callback_url] = time.monotonic()
     state, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(48)
     wanted = {key: query[key] for key in ("start_date", "end_date", "granularity", "user_id") if query.get(key)}
     login = f"{state}.{verifier}.{urlencode(wanted)}"
@@ -223,13 +254,12 @@ def _run(registry: Registry, name: str, arguments: dict[str, Any], principal: au
     return answer.structured if isinstance(answer, ToolResult) else answer
 
 
-def _message(title: str, text: str, status: int, cookies: list[str] | None = None) -> Page:
-    import html
-
+def _message(title: str, text: str, status: int, cookies: list[str] | None = None, link: str | None = None) -> Page:
+    again = f'<p><a href="{html.escape(link)}">Open the usage page</a></p>' if link else ""
     body = (
         "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
         f"<title>{html.escape(title)}</title>"
         "<style>body{font:16px system-ui,sans-serif;max-width:32em;margin:3em auto;padding:0 1em}</style>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></html>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{again}</html>"
     )
     return Page(status, body, cookies=list(cookies or []))

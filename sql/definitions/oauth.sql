@@ -55,6 +55,11 @@ BEGIN
         RETURN QUERY SELECT 'invalid_grant', NULL::text, NULL::text, NULL::uuid; RETURN;
     END IF;
     IF r.rotated_at IS NOT NULL THEN
+        -- Within 30 s of its rotation a token is more likely a client's second, concurrent refresh (two tabs,
+        -- parallel calls) than a thief's: refused, but the grant stands (RFC 9700 4.14.2).
+        IF r.rotated_at > now() - interval '30 seconds' THEN
+            RETURN QUERY SELECT 'invalid_grant', NULL::text, NULL::text, NULL::uuid; RETURN;
+        END IF;
         UPDATE oauth_grants SET revoked_at = now() WHERE id = g.id;
         UPDATE access_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE access_tokens.grant_id = g.id;
         RETURN QUERY SELECT 'invalid_grant', NULL::text, NULL::text, NULL::uuid; RETURN;
