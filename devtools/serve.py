@@ -34,3 +34,19 @@ def create(host: str, port: int, stage: str = "dev") -> local.LocalDevServer:
     factory = CLIFactory(str(ROOT), environ=os.environ)
     config = factory.create_config_obj(chalice_stage_name=stage)
     return local.LocalDevServer(config.chalice_app, config, host, port, handler_cls=_Handler, server_cls=_Server)
+
+
+def main() -> None:
+    """`python -m devtools.serve --port N`: the app alone, as the tests start it (no database of its own)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m devtools.serve", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--stage", default="dev")
+    args = parser.parse_args()
+    create(args.host, args.port, args.stage).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -169,7 +169,9 @@ def start_server(log_dir: Path, env: dict[str, str], wait_for_health: bool = Tru
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", "CHITTY_STAGE": "dev", **env}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [CHALICE, "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port), "--stage", "dev"],
+            # chalice local's own gateway and handler, with a listen queue deep enough for the concurrency tests
+            # (plain `chalice local` keeps 5 pending connects and resets the rest).
+            [sys.executable, "-m", "devtools.serve", "--host", "127.0.0.1", "--port", str(port), "--stage", "dev"],
             cwd=ROOT,
             env=full_env,
             stdout=log,
