@@ -81,6 +81,17 @@ def percentile(samples: list[float], fraction: float) -> float:
     return statistics.quantiles(ordered, n=1000, method="inclusive")[max(0, int(fraction * 1000) - 1)]
 
 
+def latency_row(name: str, samples: list[float]) -> list[str]:
+    """A table row: the name, how many samples, and their p50, p95 and p99 (ms, two decimals)."""
+    return [
+        name,
+        str(len(samples)),
+        f"{statistics.median(samples):.2f}",
+        f"{percentile(samples, 0.95):.2f}",
+        f"{percentile(samples, 0.99):.2f}",
+    ]
+
+
 def table(title: str, header: list[str], rows: list[list[str]], notes: list[str] | None = None) -> str:
     """A plain-text table, columns aligned, as the benchmarks print them."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from typing import Any
 
-from bench.environment import fresh_database, machine, percentile, table, upstream_process, user_with_token
+from bench.environment import fresh_database, latency_row, machine, table, upstream_process, user_with_token
 from bench.gateway import _configure, quiet
 from devtools.apigateway import LambdaContext, proxy_event
 
@@ -94,16 +93,6 @@ def measure_hand_off(token: str, calls: int) -> list[float]:
     return answers
 
 
-def _row(name: str, samples: list[float]) -> list[str]:
-    return [
-        name,
-        str(len(samples)),
-        f"{statistics.median(samples):.2f}",
-        f"{percentile(samples, 0.95):.2f}",
-        f"{percentile(samples, 0.99):.2f}",
-    ]
-
-
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=30)
@@ -119,9 +108,9 @@ def main(argv: list[str] | None = None) -> str:
             hand_off = measure_hand_off(token, args.quick_calls)
             local, completed = measure_local(token, args.calls)
     rows: list[Any] = [
-        _row("answer, hand-off only (the gateway's part)", hand_off),
-        _row("answer, local runner (worker process started)", local),
-        _row("job completed, local runner", completed),
+        latency_row("answer, hand-off only (the gateway's part)", hand_off),
+        latency_row("answer, local runner (worker process started)", local),
+        latency_row("job completed, local runner", completed),
     ]
     notes = [
         machine(),

@@ -15,12 +15,11 @@ import hashlib
 import json
 import os
 import secrets
-import statistics
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from bench.environment import fresh_database, machine, percentile, table, user_with_token
+from bench.environment import fresh_database, latency_row, machine, table, user_with_token
 from bench.gateway import quiet
 from devtools.apigateway import LambdaContext, proxy_event
 
@@ -80,16 +79,6 @@ def _token(form: dict[str, str]) -> tuple[float, dict[str, Any]]:
     return elapsed, json.loads(answer["body"])
 
 
-def _row(name: str, samples: list[float]) -> list[str]:
-    return [
-        name,
-        str(len(samples)),
-        f"{statistics.median(samples):.2f}",
-        f"{percentile(samples, 0.95):.2f}",
-        f"{percentile(samples, 0.99):.2f}",
-    ]
-
-
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
@@ -141,12 +130,12 @@ def main(argv: list[str] | None = None) -> str:
             oauth_calls.append(_tools_list(tokens["access_token"]))
             personal_calls.append(_tools_list(personal))
     rows = [
-        _row("tools/list, personal token", personal_calls[20:]),
-        _row("tools/list, OAuth access token", oauth_calls[20:]),
-        _row("GET protected resource metadata", metadata),
-        _row("POST /authorize: sign in (argon2id) + code", sign_ins[2:]),
-        _row("POST /token: code for tokens", exchanges[2:]),
-        _row("POST /token: refresh (rotation)", refreshes[2:]),
+        latency_row("tools/list, personal token", personal_calls[20:]),
+        latency_row("tools/list, OAuth access token", oauth_calls[20:]),
+        latency_row("GET protected resource metadata", metadata),
+        latency_row("POST /authorize: sign in (argon2id) + code", sign_ins[2:]),
+        latency_row("POST /token: code for tokens", exchanges[2:]),
+        latency_row("POST /token: refresh (rotation)", refreshes[2:]),
     ]
     notes = [
         machine(),

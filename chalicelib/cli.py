@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -109,14 +109,9 @@ def cmd_apps_list(args: argparse.Namespace) -> int:
 
 
 def cmd_apps_revoke(args: argparse.Namespace) -> int:
-    try:
-        grant_id = uuid.UUID(args.grant_id)
-    except ValueError:
-        print(f"error: {args.grant_id!r} is not a connected app's id (a UUID)", file=sys.stderr)
-        return 2
-    row = _database().one("revoke_user_grant", grant_id=str(grant_id), user_id=args.user_id)
+    row = _database().one("revoke_user_grant", grant_id=str(args.grant_id), user_id=args.user_id)
     if row is None:
-        print(f"error: {args.user_id} has no connected app {grant_id}", file=sys.stderr)
+        print(f"error: {args.user_id} has no connected app {args.grant_id}", file=sys.stderr)
         return 1
     print(f"revoked {row['client_name']} ({row['id']}) of {args.user_id}: its tokens stop at once")
     return 0
@@ -146,17 +141,24 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    try:
-        token_id = uuid.UUID(args.token_id)
-    except ValueError:
-        print(f"error: {args.token_id!r} is not a token id (a UUID)", file=sys.stderr)
-        return 2
-    row = _database().one("revoke_token", token_id=str(token_id))
+    row = _database().one("revoke_token", token_id=str(args.token_id))
     if row is None:
-        print(f"error: no token {token_id}", file=sys.stderr)
+        print(f"error: no token {args.token_id}", file=sys.stderr)
         return 1
     print(f"revoked token {row['id']} of {row['user_id']} at {row['revoked_at'].isoformat()}")
     return 0
+
+
+def _uuid(what: str) -> Callable[[str], uuid.UUID]:
+    """An argparse type: the id of a `what`, a UUID."""
+
+    def parse(text: str) -> uuid.UUID:
+        try:
+            return uuid.UUID(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what} (a UUID)") from None
+
+    return parse
 
 
 def _price(text: str) -> Decimal:
@@ -346,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--expires-days", type=int)
     issue.set_defaults(run=cmd_token_issue)
     revoke = token.add_parser("revoke", help="revoke a token by its id")
-    revoke.add_argument("token_id")
+    revoke.add_argument("token_id", type=_uuid("token id"))
     revoke.set_defaults(run=cmd_token_revoke)
 
     apps = commands.add_parser("apps", help="apps users connected by signing in (OAuth)").add_subparsers(
@@ -358,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     listed.set_defaults(run=cmd_apps_list)
     revoked = apps.add_parser("revoke", help="disconnect an app: its grant and every token of it stop at once")
     revoked.add_argument("user_id")
-    revoked.add_argument("grant_id")
+    revoked.add_argument("grant_id", type=_uuid("connected app's id"))
     revoked.set_defaults(run=cmd_apps_revoke)
 
     prices = commands.add_parser("pricing", help="model prices").add_subparsers(dest="action", required=True)

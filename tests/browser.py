@@ -27,6 +27,18 @@ def chromium_path() -> str | None:
     return next((found for name in CANDIDATES if (found := shutil.which(name))), None)
 
 
+def require_chromium() -> str:
+    """The Chromium to drive: a skip that says so on stderr without one, a failure under CI."""
+    executable = chromium_path()
+    if executable is None:
+        why = "no Chromium on PATH (apt-get install chromium, or set CHITTY_TEST_CHROMIUM): the page tests did not run"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        print(f"\n*** SKIPPED: {why} ***", file=sys.stderr)
+        pytest.skip(why)
+    return executable
+
+
 def screenshot_path(name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS / f"{name}.png"
@@ -36,13 +48,7 @@ def screenshot_path(name: str) -> Path:
 def browser() -> Iterator[object]:
     """A headless Chromium (playwright's sync Browser), shared by a module: playwright's sync API holds an
     event loop on the main thread while it runs, which later modules' asyncio.run() must not find."""
-    executable = chromium_path()
-    if executable is None:
-        why = "no Chromium on PATH (apt-get install chromium, or set CHITTY_TEST_CHROMIUM): the page tests did not run"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        print(f"\n*** SKIPPED: {why} ***", file=sys.stderr)
-        pytest.skip(why)
+    executable = require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

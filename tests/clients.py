@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import httpx2
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,3 +102,23 @@ def run_cli(*args: str, database_url: str | None) -> subprocess.CompletedProcess
         timeout=60,
         check=False,
     )
+
+
+class TokenMemory:
+    """An OAuth client's token storage (the SDK's TokenStorage), in memory."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info

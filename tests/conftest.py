@@ -228,6 +228,45 @@ def start_make_run(run_dir: Path, database_url: str, fake: FakeOpenAI, env: dict
     raise RuntimeError(f"make run did not answer in time:\n{server.log_text()}")
 
 
+@pytest.fixture(scope="module")
+def run_server(
+    database_url: str, fake_openai_server: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """`make run`'s own server for a module: its public URL, the issuer, is its own http://127.0.0.1:PORT."""
+    server = start_make_run(tmp_path_factory.mktemp("make-run"), database_url, fake_openai_server)
+    yield server
+    server.stop()
+
+
+# The password of the users the sign-in tests make.
+PASSWORD = "correct horse battery staple"
+
+
+def add_password(database_url: str, user_id: str) -> str:
+    """Give the user PASSWORD, so they can sign in on the page (their login is their id)."""
+    from chalicelib.oauth.passwords import hash_password
+
+    with connection(database_url) as conn:
+        conn.run(
+            "INSERT INTO user_passwords (user_id, password_hash) VALUES (:u, :h)", u=user_id, h=hash_password(PASSWORD)
+        )
+    return user_id
+
+
+def add_person(database_url: str, prefix: str = "person") -> str:
+    """A new user with PASSWORD; their id."""
+    user_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    with connection(database_url) as conn:
+        conn.run("INSERT INTO users (id, display_name) VALUES (:u, :u)", u=user_id)
+    return add_password(database_url, user_id)
+
+
+@pytest.fixture
+def person(database_url: str) -> str:
+    """A user who can sign in with PASSWORD."""
+    return add_person(database_url)
+
+
 @pytest.fixture(scope="session")
 def fake_openai_server() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as fake:

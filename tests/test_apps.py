@@ -29,7 +29,7 @@ from chalicelib.db import SQL_DIR, Database, load_queries
 from devtools.fake_openai import FakeOpenAI
 from tests.browser import screenshot_path
 from tests.clients import CLIENT_MODES, MODERN, post
-from tests.conftest import Server, User, free_port, start_make_run
+from tests.conftest import Server, User, free_port
 from tests.test_analytics import completions, insert
 from tests.ts_client import MODULES, NODE, require_node
 
@@ -158,15 +158,6 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pages]:
     yield Pages(host=host, sandbox=sandbox)
     host.stop()
     sandbox.stop()
-
-
-@pytest.fixture(scope="module")
-def run_server(
-    database_url: str, fake_openai_server: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    server = start_make_run(tmp_path_factory.mktemp("apps-make-run"), database_url, fake_openai_server)
-    yield server
-    server.stop()
 
 
 def new_user(database_url: str, prefix: str, admin: bool = False) -> User:
@@ -632,7 +623,9 @@ def test_a_host_without_apps_gets_the_json_text_and_structured_content(run_serve
 
 def standalone_page(analytics: dict[str, Any], limits: dict[str, Any], users: list[str] | None, user_id: str) -> bytes:
     """usage.html as the /usage page serves it: its data inserted right before </body>."""
-    html = (Path(__file__).resolve().parent.parent / "chalicelib" / "apps" / "usage.html").read_text(encoding="utf-8")
+    from chalicelib.apps import view_html
+
+    html = view_html("ui://chitty/usage.html")
     assert html.count("</body>") == 1
     query = {key: MARCH_BY_DAY[key] for key in ("start_date", "end_date", "granularity")}
     inline = {"analytics": analytics, "limits": limits, "users": users, "user_id": user_id, "query": query}

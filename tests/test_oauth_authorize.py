@@ -13,10 +13,9 @@ import httpx2
 import pytest
 
 from chalicelib.db import connection
-from tests.conftest import PUBLIC
+from tests.conftest import PASSWORD, PUBLIC
 
 REDIRECT = "http://127.0.0.1:9/callback"
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
@@ -25,19 +24,6 @@ def client_id(signed_server) -> str:
         signed_server.base_url + "/register", json={"client_name": "Desk", "redirect_uris": [REDIRECT]}
     )
     return answer.json()["client_id"]
-
-
-@pytest.fixture
-def person(database_url) -> str:
-    from chalicelib.oauth.passwords import hash_password
-
-    user_id = f"person-{uuid.uuid4().hex[:8]}"
-    with connection(database_url) as conn:
-        conn.run("INSERT INTO users (id, display_name) VALUES (:u, :u)", u=user_id)
-        conn.run(
-            "INSERT INTO user_passwords (user_id, password_hash) VALUES (:u, :h)", u=user_id, h=hash_password(PASSWORD)
-        )
-    return user_id
 
 
 def request(client_id: str, **extra: str) -> dict[str, str]:

@@ -19,7 +19,6 @@ import secrets
 import ssl
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -40,15 +39,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
 from chalicelib.config import get_settings
 from chalicelib.db import Database
 from chalicelib.oauth import cimd
-from chalicelib.oauth.passwords import hash_password
-from tests.conftest import Server, free_port, server_env, start_server
+from tests.clients import TokenMemory
+from tests.conftest import PASSWORD, Server, free_port, server_env, start_server
 
-PASSWORD = "correct horse battery staple"
 CLIENT_NAME = "Desk Notes"
 REDIRECT = "http://127.0.0.1:9/callback"
 SDK_REDIRECT = "http://127.0.0.1:33419/callback"
@@ -417,26 +415,6 @@ def test_a_stale_document_is_fetched_again_and_never_served_when_that_fails(cimd
 # The official SDK, end to end.
 
 
-class Memory:
-    """The client's token storage."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
-
-
 class User:
     """The person at the browser: opens the page, signs in, allows, and hands the redirect to the client."""
 
@@ -468,22 +446,11 @@ class User:
         return self.result
 
 
-@pytest.fixture
-def person(conn: pg8000.native.Connection) -> str:
-    """A user who has a password."""
-    user_id = f"person-{uuid.uuid4().hex[:8]}"
-    conn.run("INSERT INTO users (id, display_name) VALUES (:u, :u)", u=user_id)
-    conn.run(
-        "INSERT INTO user_passwords (user_id, password_hash) VALUES (:u, :h)", u=user_id, h=hash_password(PASSWORD)
-    )
-    return user_id
-
-
 def test_the_python_sdk_signs_in_with_its_client_metadata_url_instead_of_registering(
     cimd_server, host, conn, person
 ) -> None:
     url = host.serve("/sdk-client.json", document(host.url("/sdk-client.json"), redirect_uris=[SDK_REDIRECT]))
-    user, storage = User(person), Memory()
+    user, storage = User(person), TokenMemory()
     provider = OAuthClientProvider(
         server_url=cimd_server.mcp_url,
         client_metadata=OAuthClientMetadata(

@@ -7,88 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import sys
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
-import pytest
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
 from chalicelib.db import connection
-from tests.browser import chromium_path, screenshot_path
-from tests.clients import post
-from tests.conftest import Server, start_make_run
+from tests.browser import require_chromium, screenshot_path
+from tests.clients import TokenMemory, post
+from tests.conftest import PASSWORD, Server
 
-PASSWORD = "correct horse battery staple"
 # The client's loopback redirect URI. Nothing listens there: the browser's navigation to it is caught.
 CALLBACK = "http://127.0.0.1:33418/callback"
 BROWSER_TIMEOUT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def run_server(database_url, fake_openai_server, tmp_path_factory) -> Iterator[Server]:
-    """`make run`'s own server: its public URL (the issuer) is its own address."""
-    server = start_make_run(tmp_path_factory.mktemp("oauth-make-run"), database_url, fake_openai_server)
-    yield server
-    server.stop()
-
-
-def add_person(database_url: str) -> str:
-    """A user with a password, who can sign in on the page; the login is the user id."""
-    from chalicelib.oauth.passwords import hash_password
-
-    user_id = f"person-{uuid.uuid4().hex[:8]}"
-    with connection(database_url) as conn:
-        conn.run("INSERT INTO users (id, display_name) VALUES (:u, :u)", u=user_id)
-        conn.run(
-            "INSERT INTO user_passwords (user_id, password_hash) VALUES (:u, :h)", u=user_id, h=hash_password(PASSWORD)
-        )
-    return user_id
-
-
-@pytest.fixture
-def person(database_url) -> str:
-    return add_person(database_url)
-
-
-def require_chromium() -> str:
-    """The Chromium to drive, as tests/browser.py finds it: a skip that says so without one, a failure in CI."""
-    executable = chromium_path()
-    if executable is None:
-        why = "no Chromium on PATH (apt-get install chromium, or set CHITTY_TEST_CHROMIUM): the page tests did not run"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        print(f"\n*** SKIPPED: {why} ***", file=sys.stderr)
-        pytest.skip(why)
-    return executable
-
-
-class Memory:
-    """The client's token storage."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
 
 
 class User:
@@ -167,7 +103,7 @@ def call_with(server: Server, access_token: str) -> httpx2.Response:
 
 def test_the_python_sdk_signs_in_in_chromium_lists_the_tools_calls_one_and_refreshes(run_server, person, database_url):
     executable = require_chromium()
-    storage = Memory()
+    storage = TokenMemory()
     sent: list[str] = []  # every request the SDK sent, with its answer: "METHOD /path status"
 
     async def log(response: httpx2.Response) -> None:

@@ -8,24 +8,14 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-
-import pytest
 
 from chalicelib.db import connection
 from devtools.conformance import AUTHORIZATION, SIGN_IN_USER
-from tests.conftest import ROOT, Server, start_make_run
+from tests.conftest import ROOT
 from tests.ts_client import require_node
 
 # The suite's own wait for the callback is five minutes; conformance.py gives up long before.
 TIMEOUT_S = 180
-
-
-@pytest.fixture(scope="module")
-def make_run(database_url, fake_openai_server, tmp_path_factory) -> Iterator[Server]:
-    running = start_make_run(tmp_path_factory.mktemp("make-run"), database_url, fake_openai_server)
-    yield running
-    running.stop()
 
 
 def conformance(env: dict[str, str]) -> tuple[int, str]:
@@ -50,13 +40,13 @@ def rows(output: str) -> dict[str, tuple[str, str]]:
     return {scenario: (status, note) for status, scenario, note in found}
 
 
-def test_the_suite_signs_in_to_make_runs_server_and_every_check_passes(make_run, database_url):
-    run_dir = make_run.log_path.parent
+def test_the_suite_signs_in_to_run_servers_server_and_every_check_passes(run_server, database_url):
+    run_dir = run_server.log_path.parent
     status, output = conformance(
-        {"MCP_URL": make_run.mcp_url, "CHITTY_RUN_DIR": str(run_dir), "CHITTY_DATABASE_URL": database_url}
+        {"MCP_URL": run_server.mcp_url, "CHITTY_RUN_DIR": str(run_dir), "CHITTY_DATABASE_URL": database_url}
     )
     assert status == 0, output
-    assert f"authorization server {make_run.base_url}, signing in as {SIGN_IN_USER}" in output
+    assert f"authorization server {run_server.base_url}, signing in as {SIGN_IN_USER}" in output
     assert rows(output) == {
         "authorization-server-metadata-endpoint": ("passed", "2 checks"),  # the metadata, and CIMD support
         "authorization-code-grant": ("passed", "1 check"),

@@ -16,24 +16,14 @@ from tests.conftest import PUBLIC
 
 def oauth_token(database_url, user_id: str, scope: str, resource: str) -> str:
     """An access token as a redeemed grant leaves it (the grant functions are tested in test_oauth_sql)."""
+    from tests.conftest import make_grant
+
     token = uuid.uuid4().hex
+    grant = make_grant(database_url, user_id, scope, resource)
     with connection(database_url) as conn:
-        client = "client-" + uuid.uuid4().hex
-        conn.run(
-            "INSERT INTO oauth_clients (client_id, kind, client_name, redirect_uris) "
-            "VALUES (:c, 'registered', 'Test', ARRAY['http://127.0.0.1:9/cb'])",
-            c=client,
-        )
-        ((grant,),) = conn.run(
-            "INSERT INTO oauth_grants (user_id, client_id, scope, resource) VALUES (:u, :c, :s, :r) RETURNING id",
-            u=user_id,
-            c=client,
-            s=scope,
-            r=resource,
-        )
         conn.run(
             "INSERT INTO access_tokens (user_id, token_hash, label, expires_at, grant_id, scope, resource) "
-            "VALUES (:u, :h, 'oauth', now() + interval '1 hour', :g, :s, :r)",
+            "VALUES (:u, :h, 'oauth', now() + interval '1 hour', CAST(:g AS uuid), :s, :r)",
             u=user_id,
             h=hashlib.sha256(token.encode()).hexdigest(),
             g=grant,

@@ -14,22 +14,17 @@ import re
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx2
-import pytest
 
-from chalicelib.db import connection
-from tests.conftest import Server, free_port, start_make_run
+from tests.conftest import PASSWORD, free_port
 from tests.ts_client import MODULES, NODE, require_node
 
 PROXY = MODULES / "mcp-remote" / "dist" / "proxy.js"  # the `mcp-remote` bin; dist/client.js is a one-shot lister
-PASSWORD = "correct horse battery staple"
 PROMPT = "Please authorize this client by visiting:"
 # What makes xdg-open find a desktop (and a real browser) instead of BROWSER.
 DESKTOP = (
@@ -44,26 +39,6 @@ DESKTOP = (
 WAIT_S = 60
 # Its log lines begin with its process id, in brackets (once or twice).
 LINE = r"^(?:\[\d+\] )*"
-
-
-@pytest.fixture(scope="module")
-def make_run(database_url, fake_openai_server, tmp_path_factory) -> Iterator[Server]:
-    running = start_make_run(tmp_path_factory.mktemp("make-run"), database_url, fake_openai_server)
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def person(database_url) -> str:
-    from chalicelib.oauth.passwords import hash_password
-
-    user_id = f"remote-{uuid.uuid4().hex[:8]}"
-    with connection(database_url) as conn:
-        conn.run("INSERT INTO users (id, display_name) VALUES (:u, :u)", u=user_id)
-        conn.run(
-            "INSERT INTO user_passwords (user_id, password_hash) VALUES (:u, :h)", u=user_id, h=hash_password(PASSWORD)
-        )
-    return user_id
 
 
 class Proxy:
@@ -140,7 +115,7 @@ def sign_in(url: str, login: str) -> str:
         return answer.headers["location"]
 
 
-def test_mcp_remote_signs_in_and_proxies_tools(make_run, person, tmp_path):
+def test_mcp_remote_signs_in_and_proxies_tools(run_server, person, tmp_path):
     require_node()
     opened = tmp_path / "opened-url"
     browser = tmp_path / "browser"
@@ -149,7 +124,7 @@ def test_mcp_remote_signs_in_and_proxies_tools(make_run, person, tmp_path):
     callback_port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in DESKTOP}
     env |= {"MCP_REMOTE_CONFIG_DIR": str(tmp_path / "mcp-auth"), "BROWSER": str(browser)}
-    command = [str(NODE), str(PROXY), make_run.mcp_url, str(callback_port), "--transport", "http-only"]
+    command = [str(NODE), str(PROXY), run_server.mcp_url, str(callback_port), "--transport", "http-only"]
     command += ["--host", "127.0.0.1"]
     process = subprocess.Popen(
         command,
@@ -163,13 +138,13 @@ def test_mcp_remote_signs_in_and_proxies_tools(make_run, person, tmp_path):
     try:
         proxy = Proxy(process)
         # Discovery: the 401's resource metadata, then the authorization server's.
-        proxy.wait_for_log(rf"{LINE}Discovered authorization server: {re.escape(make_run.base_url)}/?$")
+        proxy.wait_for_log(rf"{LINE}Discovered authorization server: {re.escape(run_server.base_url)}/?$")
         url = proxy.wait_for_log(rf"^{re.escape(PROMPT)}\n(\S+)$")[1]
         query = parse_qs(urlsplit(url).query)
-        assert url.startswith(f"{make_run.base_url}/authorize?")
+        assert url.startswith(f"{run_server.base_url}/authorize?")
         assert query["redirect_uri"] == [f"http://127.0.0.1:{callback_port}/oauth/callback"]
         assert query["code_challenge_method"] == ["S256"]
-        assert query["resource"] == [make_run.mcp_url]
+        assert query["resource"] == [run_server.mcp_url]
         assert query["scope"] == ["mcp"]
         proxy.wait_for_log(rf"{LINE}Browser opened automatically\.$")
         assert opened.read_text() == url  # the "browser" got the URL it printed
@@ -177,7 +152,7 @@ def test_mcp_remote_signs_in_and_proxies_tools(make_run, person, tmp_path):
         proxy.wait_for_log(rf"{LINE}OAuth callback server running at http://127\.0\.0\.1:{callback_port}$")
         location = sign_in(url, person)
         assert location.startswith(f"http://127.0.0.1:{callback_port}/oauth/callback?")
-        assert parse_qs(urlsplit(location).query)["iss"] == [make_run.base_url]
+        assert parse_qs(urlsplit(location).query)["iss"] == [run_server.base_url]
         assert httpx2.get(location, timeout=30).status_code == 200  # mcp-remote's callback listener takes the code
         proxy.wait_for_log(rf"{LINE}Proxy established successfully")
 

@@ -27,15 +27,13 @@ import httpx2
 import pg8000.native
 import pytest
 
-from chalicelib.oauth.passwords import hash_password
 from chalicelib.oauth.protocol import digest
 from tests.browser import screenshot_path
-from tests.conftest import ENCRYPTION_KEY, ROOT, Server, start_make_run
+from tests.conftest import ENCRYPTION_KEY, PASSWORD, ROOT, Server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Response
 
-PASSWORD = "correct horse battery staple"
 CLIENT_NAME = "Desk Notes"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REFUSED = "A sign-in from another site was refused."
@@ -98,14 +96,6 @@ class LocalSite:
 
 
 @pytest.fixture(scope="module")
-def run_server(database_url: str, fake_openai_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`make run`'s program: its public URL, the issuer, is its own http://127.0.0.1:PORT."""
-    server = start_make_run(tmp_path_factory.mktemp("pages-run"), database_url, fake_openai_server)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def other_site() -> Iterator[LocalSite]:
     """Another site than the server's: a would-be attacker's pages."""
     site = LocalSite("localhost")
@@ -125,17 +115,6 @@ def client(run_server: Server) -> Iterator[Client]:
     assert answer.status_code == 201, answer.text
     yield Client(client_id=answer.json()["client_id"], redirect_uri=redirect_uri, site=site)
     site.close()
-
-
-@pytest.fixture
-def person(conn: pg8000.native.Connection) -> str:
-    """A user who has a password."""
-    user_id = f"person-{uuid.uuid4().hex[:8]}"
-    conn.run("INSERT INTO users (id, display_name) VALUES (:u, :u)", u=user_id)
-    conn.run(
-        "INSERT INTO user_passwords (user_id, password_hash) VALUES (:u, :h)", u=user_id, h=hash_password(PASSWORD)
-    )
-    return user_id
 
 
 @pytest.fixture

@@ -22,9 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.browser import screenshot_path
-from tests.conftest import Server, start_make_run
-from tests.test_oauth_clients import PASSWORD, add_person, require_chromium
+from tests.browser import require_chromium, screenshot_path
+from tests.conftest import PASSWORD, Server, add_person, start_make_run
 from tests.ts_client import MODULES, NODE, SDKS, require_node
 
 SCRIPT = Path(__file__).resolve().parent / "ts" / "oauth_client.mjs"
@@ -34,14 +33,6 @@ REDIRECTS = {"v1": "http://127.0.0.1:33419/callback", "v2": "http://127.0.0.1:33
 MESSAGE_TIMEOUT_S = 90
 BROWSER_TIMEOUT_MS = 30_000
 STAGE = "/api"
-
-
-@pytest.fixture(scope="module")
-def run_server(database_url, fake_openai_server, tmp_path_factory) -> Iterator[Server]:
-    """`make run`'s own server: its public URL (the issuer) is its own address."""
-    server = start_make_run(tmp_path_factory.mktemp("oauth-ts-make-run"), database_url, fake_openai_server)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

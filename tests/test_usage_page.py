@@ -8,36 +8,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from html import unescape
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx2
 import pytest
 
-from chalicelib.db import connection
 from tests.clients import post
-from tests.conftest import Server, start_make_run
+from tests.conftest import PASSWORD, Server, add_password
 
-PASSWORD = "correct horse battery staple"
 SAME_SITE = {"Sec-Fetch-Site": "same-origin"}
-
-
-@pytest.fixture(scope="module")
-def run_server(database_url, fake_openai_server, tmp_path_factory) -> Iterator[Server]:
-    server = start_make_run(tmp_path_factory.mktemp("usage-page"), database_url, fake_openai_server)
-    yield server
-    server.stop()
-
-
-def with_password(database_url: str, user_id: str) -> str:
-    from chalicelib.oauth.passwords import hash_password
-
-    with connection(database_url) as conn:
-        conn.run(
-            "INSERT INTO user_passwords (user_id, password_hash) VALUES (:u, :h)", u=user_id, h=hash_password(PASSWORD)
-        )
-    return user_id
 
 
 def sign_in(browser: httpx2.Client, page: httpx2.Response, login: str) -> httpx2.Response:
@@ -98,7 +78,7 @@ def test_a_visitor_is_sent_to_sign_in_with_pkce_and_the_page_as_the_client(run_s
 
 
 def test_a_signed_in_user_sees_their_usage_in_the_view(run_server, alice, database_url):
-    with_password(database_url, alice.user_id)
+    add_password(database_url, alice.user_id)
     with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
         back = sign_in(browser, browser.get("/usage", params={"granularity": "week"}), alice.user_id)
         assert back.status_code == 302
@@ -125,7 +105,7 @@ def test_a_signed_in_user_sees_their_usage_in_the_view(run_server, alice, databa
 
 
 def test_the_page_refreshes_its_token_and_signs_out(run_server, alice, database_url):
-    with_password(database_url, alice.user_id)
+    add_password(database_url, alice.user_id)
     with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
         sign_in(browser, browser.get("/usage"), alice.user_id)
         browser.cookies.delete("chitty_usage")  # the hour is up: only the refresh token is left
@@ -146,7 +126,7 @@ def test_the_page_refreshes_its_token_and_signs_out(run_server, alice, database_
 
 
 def test_an_admin_chooses_a_user_after_allowing_the_admin_scope(run_server, admin, alice, database_url):
-    with_password(database_url, admin.user_id)
+    add_password(database_url, admin.user_id)
     with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
         own = browser.get(sign_in(browser, browser.get("/usage"), admin.user_id).headers["location"])
         assert embedded(own)["users"] is None  # the list of users needs the admin scope too
@@ -165,7 +145,7 @@ def test_an_admin_chooses_a_user_after_allowing_the_admin_scope(run_server, admi
 
 
 def test_a_user_cannot_choose_another_user(run_server, alice, bob, database_url):
-    with_password(database_url, alice.user_id)
+    add_password(database_url, alice.user_id)
     with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
         sign_in(browser, browser.get("/usage"), alice.user_id)
         refused = browser.get("/usage", params={"user_id": bob.user_id})
@@ -191,7 +171,7 @@ def test_the_page_in_a_browser_signs_in_and_draws_the_users_usage(
     from tests.browser import screenshot_path
 
     person = alice
-    with_password(database_url, person.user_id)
+    add_password(database_url, person.user_id)
     for model in ("gpt-4o-mini", "gpt-5.4-mini", "gpt-4o-mini"):
         body = {
             "jsonrpc": "2.0",
@@ -225,7 +205,7 @@ def test_the_page_in_a_browser_signs_in_and_draws_the_users_usage(
 
 
 def test_a_sign_out_from_another_site_is_refused_and_keeps_the_cookies(run_server, alice, database_url):
-    with_password(database_url, alice.user_id)
+    add_password(database_url, alice.user_id)
     with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
         sign_in(browser, browser.get("/usage"), alice.user_id)
         forged = browser.post(
@@ -239,7 +219,7 @@ def test_a_sign_out_from_another_site_is_refused_and_keeps_the_cookies(run_serve
 
 
 def test_a_refused_range_is_said_inside_the_view(run_server, alice, database_url):
-    with_password(database_url, alice.user_id)
+    add_password(database_url, alice.user_id)
     with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
         sign_in(browser, browser.get("/usage"), alice.user_id)
         page = browser.get(
@@ -254,7 +234,7 @@ def test_a_refused_range_is_said_inside_the_view(run_server, alice, database_url
 def test_a_refresh_before_a_redirect_keeps_its_new_tokens(run_server, admin, alice, database_url):
     """An admin whose hour is up asks for another user: the page refreshes, then sends them to allow the admin
     scope; the refreshed tokens go with the redirect, so the used refresh token is never sent again."""
-    with_password(database_url, admin.user_id)
+    add_password(database_url, admin.user_id)
     with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
         sign_in(browser, browser.get("/usage"), admin.user_id)
         browser.cookies.delete("chitty_usage")
@@ -265,7 +245,7 @@ def test_a_refresh_before_a_redirect_keeps_its_new_tokens(run_server, admin, ali
 
 
 def test_a_malformed_cookie_of_another_app_spoils_nothing_and_a_strange_state_is_a_400(run_server, alice, database_url):
-    with_password(database_url, alice.user_id)
+    add_password(database_url, alice.user_id)
     with httpx2.Client(base_url=run_server.base_url, follow_redirects=False) as browser:
         sign_in(browser, browser.get("/usage"), alice.user_id)
         token = browser.cookies.get("chitty_usage")

@@ -30,10 +30,15 @@ TOOL_VIEWS = {
 }
 
 
+# Where a view's script takes the host bridge the views share (bridge.js).
+BRIDGE_MARKER = "  /*@host-bridge@*/\n"
+
+
 @functools.cache
 def view_html(uri: str) -> str:
-    """A view's HTML, read once per container."""
-    return (HERE / VIEWS[uri]).read_text(encoding="utf-8")
+    """A view's HTML, with the shared host bridge written into its script; read once per container."""
+    html = (HERE / VIEWS[uri]).read_text(encoding="utf-8")
+    return html.replace(BRIDGE_MARKER, (HERE / "bridge.js").read_text(encoding="utf-8"), 1)
 
 
 def register(registry: Registry) -> None:

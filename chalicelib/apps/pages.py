@@ -15,7 +15,7 @@ import html
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -25,6 +25,7 @@ from chalicelib.db import Database
 from chalicelib.mcp import Registry, ToolCall, ToolError, ToolResult
 from chalicelib.mcp.errors import InsufficientScope
 from chalicelib.oauth import protocol
+from chalicelib.oauth.pages import Page, message
 
 CLIENT_ID = "chitty-usage-page"
 CLIENT_NAME = "ChittyOS usage page"
@@ -36,6 +37,7 @@ DEFAULT_DAYS = 30
 # a visitor costs a write (the daily upkeep deletes clients unused for a week).
 _client_ensured: dict[str, float] = {}
 CLIENT_CHECK_S = 3600.0
+# The usage page: the sign-in pages' headers, but for its inline script and its GET form.
 PAGE_HEADERS = {
     "Content-Type": "text/html; charset=utf-8",
     "Cache-Control": "no-store",
@@ -46,14 +48,6 @@ PAGE_HEADERS = {
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
 }
-
-
-@dataclass
-class Page:
-    status: int
-    body: str = ""
-    headers: dict[str, str] = field(default_factory=lambda: dict(PAGE_HEADERS))
-    cookies: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -124,7 +118,7 @@ def usage_page(db: Database, registry: Registry, site: Site, query: dict[str, st
         'style="max-width:64rem;margin:0 auto;padding:0 1rem 1rem"><button>Sign out</button></form>'
     )
     body = view_html("ui://chitty/usage.html").replace("</body>", script + "</script>" + sign_out + "</body>", 1)
-    return Page(status, body, cookies=refreshed)
+    return Page(status, body, dict(PAGE_HEADERS), refreshed)
 
 
 def _with_cookies(page: Page, cookies: list[str]) -> Page:
@@ -140,10 +134,10 @@ def callback(db: Database, site: Site, query: dict[str, str], cookie_header: str
     verifier, _, back = rest.partition(".")
     answered = query.get("state", "").encode()
     if not state or not secrets.compare_digest(state.encode(), answered) or query.get("iss") != site.public_url:
-        return _message("Usage", "This sign-in did not start here, or has expired: open the usage page again.", 400)
+        return _message("This sign-in did not start here, or has expired: open the usage page again.", 400)
     clear_login = site.cookie(LOGIN_COOKIE, "", 0)
     if query.get("error"):
-        return _message("Usage", "You did not allow the usage page to sign you in.", 403, [clear_login])
+        return _message("You did not allow the usage page to sign you in.", 403, [clear_login])
     answer = protocol.token(
         db,
         urlencode(
@@ -158,7 +152,7 @@ def callback(db: Database, site: Site, query: dict[str, str], cookie_header: str
         site.resource,
     )
     if answer.status != 200:
-        return _message("Usage", "Signing in did not complete: open the usage page again.", 400, [clear_login])
+        return _message("Signing in did not complete: open the usage page again.", 400, [clear_login])
     location = site.page_url + ("?" + back if back else "")
     return Page(
         302, "", {"Location": location, "Cache-Control": "no-store"}, [clear_login, *_token_cookies(site, answer)]
@@ -173,13 +167,13 @@ def sign_out(db: Database, site: Site, cookie_header: str | None, headers: dict[
         None,
         f"{origin.scheme}://{origin.netloc}",
     ):
-        return _message("Usage", "A sign-out from another site was refused.", 403)
+        return _message("A sign-out from another site was refused.", 403)
     jar = cookies_of(cookie_header)
     for name in (REFRESH_COOKIE, ACCESS_COOKIE):
         if jar.get(name):
             protocol.revoke(db, urlencode({"token": jar[name], "client_id": CLIENT_ID}).encode())
     cleared = [site.cookie(name, "", 0) for name in (ACCESS_COOKIE, REFRESH_COOKIE)]
-    return _message("Usage", "You are signed out of the usage page.", 200, cleared, link=site.page_url)
+    return _message("You are signed out of the usage page.", 200, cleared, link=site.page_url)
 
 
 def _principal(db: Database, site: Site, token: str | None) -> auth.Principal | None:
@@ -254,12 +248,7 @@ def _run(registry: Registry, name: str, arguments: dict[str, Any], principal: au
     return answer.structured if isinstance(answer, ToolResult) else answer
 
 
-def _message(title: str, text: str, status: int, cookies: list[str] | None = None, link: str | None = None) -> Page:
-    again = f'<p><a href="{html.escape(link)}">Open the usage page</a></p>' if link else ""
-    body = (
-        "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
-        f"<title>{html.escape(title)}</title>"
-        "<style>body{font:16px system-ui,sans-serif;max-width:32em;margin:3em auto;padding:0 1em}</style>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{again}</html>"
-    )
-    return Page(status, body, cookies=list(cookies or []))
+def _message(text: str, status: int, cookies: list[str] | None = None, *, link: str | None = None) -> Page:
+    page = message("Usage", text, status, link=(link, "Open the usage page") if link else None)
+    page.cookies = list(cookies or [])
+    return page

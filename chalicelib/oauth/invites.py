@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from chalicelib.db import Database
 from chalicelib.oauth import passwords
-from chalicelib.oauth.pages import STYLE, Page, _message, _origin
+from chalicelib.oauth.pages import STYLE, Page, _origin, message
 from chalicelib.oauth.protocol import OAuthError, digest, form
 
 
@@ -25,7 +25,7 @@ def page(db: Database, *, method: str, token: str, body: bytes, headers: dict[st
     state = db.one("invite_state", token_hash=digest(token)) if token else None
     if state is None or state["used"] or state["expired"]:
         why = "was already used" if state and state["used"] else "has expired" if state else "is not valid"
-        return _message(
+        return message(
             "Invite", f"This invite link {why}. Ask your administrator for a new one.", 410 if state else 404
         )
     if method == "GET":
@@ -33,11 +33,11 @@ def page(db: Database, *, method: str, token: str, body: bytes, headers: dict[st
     if (headers.get("sec-fetch-site") or "same-origin") not in ("same-origin", "none") or headers.get(
         "origin", _origin(issuer)
     ) != _origin(issuer):
-        return _message("Invite", "A password set from another site was refused.", 403)
+        return message("Invite", "A password set from another site was refused.", 403)
     try:
         fields = form(body)
     except OAuthError as error:
-        return _message("Invite", error.description, 400)
+        return message("Invite", error.description, 400)
     password = fields.get("password", "")
     if len(password) < passwords.MIN_LENGTH:
         return _form(
@@ -46,8 +46,8 @@ def page(db: Database, *, method: str, token: str, body: bytes, headers: dict[st
     if password != fields.get("confirm"):
         return _form(state["user_id"], token, issuer, error="The two passwords differ.", status=400)
     if db.one("use_invite", token_hash=digest(token), password_hash=passwords.hash_password(password)) is None:
-        return _message("Invite", "This invite link was already used.", 410)
-    return _message("Invite", f"The password of {state['user_id']} is set. You can sign in now.", 200)
+        return message("Invite", "This invite link was already used.", 410)
+    return message("Invite", f"The password of {state['user_id']} is set. You can sign in now.", 200)
 
 
 def _form(user_id: str, token: str, issuer: str, *, error: str | None, status: int) -> Page:

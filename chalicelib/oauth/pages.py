@@ -45,6 +45,8 @@ class Page:
     status: int
     body: str = ""
     headers: dict[str, str] = field(default_factory=lambda: dict(PAGE_HEADERS))
+    # Set-Cookie values (the usage page's; the sign-in pages use no cookie).
+    cookies: list[str] = field(default_factory=list)
 
 
 def _redirect(uri: str, params: dict[str, str], issuer: str) -> Page:
@@ -53,11 +55,13 @@ def _redirect(uri: str, params: dict[str, str], issuer: str) -> Page:
     return Page(302, "", {"Location": location, "Cache-Control": "no-store"})
 
 
-def _message(title: str, text: str, status: int) -> Page:
+def message(title: str, text: str, status: int, *, link: tuple[str, str] | None = None) -> Page:
+    """A page that says one thing (an error, or what was done); `link`: (URL, its text) to go on from there."""
+    onward = f'<p><a href="{html.escape(link[0])}">{html.escape(link[1])}</a></p>' if link else ""
     body = (
         "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
         f"<title>{html.escape(title)}</title>"
-        f"<style>{STYLE}</style><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></html>"
+        f"<style>{STYLE}</style><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{onward}</html>"
     )
     return Page(status, body)
 
@@ -74,15 +78,15 @@ def _validated(
         try:
             client = cimd.client_for(db, client_id, settings)
         except cimd.MetadataDocumentError as error:
-            raise _Shown(_message("Cannot sign in", str(error), 400)) from None
+            raise _Shown(message("Cannot sign in", str(error), 400)) from None
     else:
         client = db.one("oauth_client", client_id=client_id) if client_id else None
     if client is None:
-        raise _Shown(_message("Cannot sign in", "This application is not known to the server.", 400))
+        raise _Shown(message("Cannot sign in", "This application is not known to the server.", 400))
     redirect_uri = params.get("redirect_uri", "")
     if not redirect_allowed(redirect_uri, client["redirect_uris"]):
         raise _Shown(
-            _message("Cannot sign in", "This application asked to return to an address it did not register.", 400)
+            message("Cannot sign in", "This application asked to return to an address it did not register.", 400)
         )
 
     def refuse(error: str, description: str) -> _Refused:
@@ -131,17 +135,17 @@ def authorize(
             params = form("&".join(urlencode({name: value}) for name, value in pairs).encode())
         else:
             if (headers.get("sec-fetch-site") or "same-origin") not in ("same-origin", "none"):
-                return _message("Cannot sign in", "A sign-in from another site was refused.", 403)
+                return message("Cannot sign in", "A sign-in from another site was refused.", 403)
             origin = headers.get("origin")
             if origin is not None and origin != _origin(issuer):
-                return _message("Cannot sign in", "A sign-in from another site was refused.", 403)
+                return message("Cannot sign in", "A sign-in from another site was refused.", 403)
             params = form(body)
         answers = {name: params.pop(name, "") for name in ("login", "password", "decision", "ticket")}
         if method == "POST" and answers["ticket"]:
             return _consented(db, answers["ticket"], answers["decision"], issuer)
         client, request = _validated(db, params, resource, settings)
     except OAuthError as error:
-        return _message("Cannot sign in", error.description or error.error, 400)
+        return message("Cannot sign in", error.description or error.error, 400)
     except _Shown as shown:
         return shown.page
     except _Refused as refused:
@@ -197,7 +201,7 @@ def _to_provider(db: Database, oidc: OidcSignIn, request: dict[str, str], issuer
     try:
         location = provider_sign_in.start(db, oidc.provider, oidc.secret, request, issuer)
     except provider_sign_in.SignInFailed as failed:
-        return _message("Cannot sign in", failed.reason, failed.status)
+        return message("Cannot sign in", failed.reason, failed.status)
     return Page(302, "", {"Location": location, "Cache-Control": "no-store"})
 
 
@@ -208,13 +212,13 @@ def provider_callback(db: Database, oidc: OidcSignIn, query: dict[str, str], iss
     try:
         request, user_id = provider_sign_in.finish(db, oidc.provider, oidc.secret, query, issuer)
     except provider_sign_in.SignInFailed as failed:
-        return _message("Cannot sign in", failed.reason, failed.status)
+        return message("Cannot sign in", failed.reason, failed.status)
     state = {"state": request["state"]} if request.get("state") else {}
     if user_id is None:
         return _redirect(request["redirect_uri"], {"error": "access_denied", **state}, issuer)
     client = db.one("oauth_client", client_id=request["client_id"])
     if client is None:
-        return _message("Cannot sign in", "This application is no longer known to the server.", 400)
+        return message("Cannot sign in", "This application is no longer known to the server.", 400)
     ticket = provider_sign_in.ticket_for(db, query["state"], user_id)
     return _page(client, request, issuer, error=None, status=200, signed_in=(user_id, oidc.provider.name, ticket))
 
@@ -223,7 +227,7 @@ def _consented(db: Database, ticket: str, decision: str, issuer: str) -> Page:
     """The consent page after the external provider: its ticket names the user and the request, once."""
     spent = db.one("use_oidc_ticket", ticket_hash=digest(ticket))
     if spent is None:
-        return _message("Cannot sign in", "This sign-in has expired or was used already: start again.", 400)
+        return message("Cannot sign in", "This sign-in has expired or was used already: start again.", 400)
     request: dict[str, str] = spent["request"]
     if decision != "allow":
         state = {"state": request["state"]} if request.get("state") else {}

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from chalicelib.auth import hash_token
 from chalicelib.db import Database
+from chalicelib.mcp.wire import find_unfit
 
 ACCESS_TTL_S = 3600
 REFRESH_TTL_S = 30 * 86400
@@ -28,6 +30,8 @@ URI_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=%]+")
 # A loopback redirect: its host and its path and query, the port left out (RFC 8252 7.3). localhost too, which
 # apps publish without a port and use with one they pick (Claude Code's metadata document).
 LOOPBACK_REDIRECT = re.compile(r"http://(127\.0\.0\.1|\[::1\]|localhost)(?::[0-9]{1,5})?([/?][^#]*)?")
+# How deep a registration's JSON may nest (RFC 7591 metadata is flat but for a few lists).
+METADATA_DEPTH = 8
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -50,8 +54,8 @@ class Answer:
     headers: dict[str, str]
 
 
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+# A secret (code, token, state, ticket) as the database keeps it: its SHA-256, like bearer tokens.
+digest = hash_token
 
 
 def s256(verifier: str) -> str:
@@ -83,7 +87,7 @@ def register(db: Database, body: bytes) -> Answer:
     """RFC 7591 registration of a public client: its redirect URIs (https, loopback http, or an app's own scheme)."""
     try:
         metadata = json.loads(body or b"{}")
-        if not isinstance(metadata, dict) or not _storable(metadata):
+        if not isinstance(metadata, dict) or find_unfit(metadata, METADATA_DEPTH) is not None:
             raise ValueError
     except (ValueError, RecursionError):
         return _answer(
@@ -127,19 +131,6 @@ def register(db: Database, body: bytes) -> Answer:
             "token_endpoint_auth_method": "none",
         },
     )
-
-
-def _storable(value: Any, depth: int = 0) -> bool:
-    """Whether a JSON value nests at most 8 levels and its text holds no NUL and no lone surrogate."""
-    if depth > 8:
-        return False
-    if isinstance(value, str):
-        return "\x00" not in value and not any("\ud800" <= char <= "\udfff" for char in value)
-    if isinstance(value, dict):
-        return all(_storable(key, depth) and _storable(item, depth + 1) for key, item in value.items())
-    if isinstance(value, list):
-        return all(_storable(item, depth + 1) for item in value)
-    return True
 
 
 def redirect_allowed(requested: str, registered: list[str]) -> bool:
